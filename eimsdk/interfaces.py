@@ -1,0 +1,302 @@
+"""The three interfaces that carry the method (Encoder, DirectionFinder, Manipulator) plus metrics and readers.
+
+Finders, manipulators and metrics talk only to :class:`Encoder`, so they run unchanged on every model family.
+
+**Common parametrisation.** Every family exposes a continuous noise level ``t`` in [0, 1] (0 = clean), the
+noise path ``z_t = a(t) z0 + s(t) eps`` (:meth:`Encoder.alpha_sigma`) and a noise prediction
+``eps_hat(z_t, t, c)`` (:meth:`Encoder.predict_eps`), whatever the family predicts natively. For
+flow-matching families (SD3, Flux) ``t`` is the flow sigma, ``a = 1 - t``, ``s = t`` and
+``eps_hat = z_t + (1 - t) v``; for DDPM families (PixArt) ``t`` is the training timestep / 1000 and
+``a = sqrt(alpha_bar)``, ``s = sqrt(1 - alpha_bar)``. Deterministic inversion and sampling are DDIM steps in
+this parametrisation (exactly the Euler step of the flow ODE for flow families), written once here.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+
+import torch
+
+from eimsdk.errors import InputError, NumericalError
+from eimsdk.records import Conditioning, Direction, JointLatent
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+
+@dataclass
+class EvalCounter:
+    """Counts per-sample model evaluations. JVPs and VJPs convert to forward-equivalents by measured factors."""
+
+    forwards: int = 0
+    jvps: int = 0
+    vjps: int = 0
+    jvp_cost: float = 2.0  # forward-equivalents per JVP; measured by benchmarks/autodiff_cost.py
+    vjp_cost: float = 2.0  # forward-equivalents per VJP (forward + backward)
+
+    @property
+    def forward_equivalents(self) -> float:
+        return self.forwards + self.jvp_cost * self.jvps + self.vjp_cost * self.vjps
+
+    def snapshot(self) -> tuple[int, int, int]:
+        return (self.forwards, self.jvps, self.vjps)
+
+    def since(self, snap: tuple[int, int, int]) -> dict[str, float]:
+        f, j, v = (a - b for a, b in zip(self.snapshot(), snap))
+        return {"forwards": f, "jvps": j, "vjps": v, "model_evals": f + self.jvp_cost * j + self.vjp_cost * v}
+
+
+class Encoder(ABC):
+    """A model family's access to its joint latent space: image <-> z0, prompt -> c, noise path, prediction.
+
+    Subclasses implement the abstract methods; everything model-agnostic (CFG, inversion, sampling, encoding
+    a joint latent) lives here.
+    """
+
+    family: ClassVar[str] = ""
+    #: diffusers pipeline class names (``model_index.json`` ``_class_name``) this backend loads.
+    pipeline_classes: ClassVar[tuple[str, ...]] = ()
+
+    model_id: str = ""
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32
+
+    def __init__(self) -> None:
+        self.counter = EvalCounter()
+
+    # ------------------------------------------------------------------------------------- loading
+    @classmethod
+    @abstractmethod
+    def from_pretrained(cls, path: str, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                        **kwargs: Any) -> "Encoder":
+        """Load from a diffusers folder or hub id (``from_pretrained`` of the family's pipeline)."""
+
+    # ------------------------------------------------------------------------------------- geometry
+    @property
+    @abstractmethod
+    def image_multiple(self) -> int:
+        """Image height and width must be multiples of this (VAE factor x patch size, x2 for Flux packing)."""
+
+    @property
+    @abstractmethod
+    def default_image_size(self) -> tuple[int, int]:
+        """(H, W) the model was trained at."""
+
+    @property
+    @abstractmethod
+    def max_prompt_tokens(self) -> int:
+        """Token limit of the longest text encoder; longer prompts are truncated with a warning."""
+
+    # ------------------------------------------------------------------------------------- encode
+    @abstractmethod
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> clean latents z0 in the family's latent format (scaled, shifted, packed)."""
+
+    @abstractmethod
+    def decode_latents(self, z0: torch.Tensor) -> torch.Tensor:
+        """Latents z0 -> (B, 3, H, W) images in [-1, 1]."""
+
+    @abstractmethod
+    def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
+        """Prompts -> every embedding the family uses, batch-first (see :class:`Conditioning`)."""
+
+    # ------------------------------------------------------------------------------------- noise path
+    @abstractmethod
+    def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Noise-path coefficients ``(a(t), s(t))`` for noise levels ``t`` (B,) in [0, 1]; ``a(0)=1, s(0)=0``."""
+
+    @abstractmethod
+    def timesteps(self, num_steps: int, t_start: float = 1.0, *, latents: torch.Tensor | None = None) -> torch.Tensor:
+        """Descending grid of ``num_steps + 1`` noise levels from ``t_start`` to 0 used by :meth:`invert`/:meth:`sample`.
+
+        Flow families apply their timestep shift here (resolution-dependent for Flux, hence ``latents``).
+        """
+
+    @abstractmethod
+    def _predict_eps(self, z_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """One batched, differentiable model evaluation returning ``eps_hat``; no guidance, no counting."""
+
+    # ------------------------------------------------------------------------------------- generation parity
+    @abstractmethod
+    def prepare_latents(self, batch: int, height: int, width: int, generator: torch.Generator | None = None,
+                        latents: torch.Tensor | None = None) -> torch.Tensor:
+        """Initial noise in the diffusers pipeline's own latent format, drawn exactly as the pipeline does."""
+
+    @abstractmethod
+    def generate(self, prompts: Sequence[str], *, num_inference_steps: int, guidance_scale: float, height: int,
+                 width: int, generator: torch.Generator | None = None, latents: torch.Tensor | None = None,
+                 negative_prompts: Sequence[str] | None = None, progress: bool = False) -> torch.Tensor:
+        """Text-to-image with the pipeline's own scheduler; returns (B, 3, H, W) in [-1, 1]."""
+
+    # ------------------------------------------------------------------------------------- generic
+    def signature(self) -> dict[str, Any]:
+        """What a Direction must match to apply to this model."""
+        cond = self.encode_prompts([""])
+        return {"family": self.family, "latent_channels": self.latent_channels,
+                "cond_shapes": {k: v[-1:] for k, v in cond.shapes().items()}}
+
+    @property
+    @abstractmethod
+    def latent_channels(self) -> int:
+        """Channels of the VAE latent (before any packing)."""
+
+    def null_conditioning(self, batch: int = 1) -> Conditioning:
+        """Conditioning of the empty prompt, for classifier-free guidance."""
+        if getattr(self, "_null", None) is None:
+            self._null = self.encode_prompts([""]).detach()
+        return self._null.expand_to(batch)
+
+    def predict_eps(self, z_t: torch.Tensor, t: torch.Tensor | float, cond: Conditioning, *,
+                    guidance_scale: float = 1.0, uncond: Conditioning | None = None) -> torch.Tensor:
+        """``eps_hat(z_t, t, c)``, with classifier-free guidance when ``guidance_scale != 1``; counted."""
+        b = z_t.shape[0]
+        t = self._as_t(t, b, z_t)
+        cond = cond.expand_to(b)
+        if guidance_scale == 1.0:
+            self.counter.forwards += b
+            return self._predict_eps(z_t, t, cond)
+        uncond = (uncond if uncond is not None else self.null_conditioning(b)).expand_to(b)
+        self.counter.forwards += 2 * b
+        both = self._predict_eps(torch.cat([z_t, z_t]), torch.cat([t, t]), _pad_cat(uncond, cond))
+        eps_u, eps_c = both.chunk(2)
+        return eps_u + guidance_scale * (eps_c - eps_u)
+
+    def predict_x0(self, z_t: torch.Tensor, t: torch.Tensor | float, cond: Conditioning, **kw: Any) -> torch.Tensor:
+        t = self._as_t(t, z_t.shape[0], z_t)
+        a, s = self._coef(t, z_t)
+        return (z_t - s * self.predict_eps(z_t, t, cond, **kw)) / a
+
+    def add_noise(self, z0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        t = self._as_t(t, z0.shape[0], z0)
+        a, s = self._coef(t, z0)
+        return a * z0 + s * eps
+
+    def _as_t(self, t: torch.Tensor | float, batch: int, ref: torch.Tensor) -> torch.Tensor:
+        t = torch.as_tensor(t, dtype=torch.float32, device=ref.device)
+        return t.expand(batch).clone() if t.ndim == 0 else t
+
+    def _coef(self, t: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a, s = self.alpha_sigma(t)
+        shape = (-1,) + (1,) * (ref.ndim - 1)
+        return a.reshape(shape).to(ref.dtype), s.reshape(shape).to(ref.dtype)
+
+    def _ddim_step(self, z: torch.Tensor, t: float, t_next: float, cond: Conditioning, **kw: Any) -> torch.Tensor:
+        b = z.shape[0]
+        tt = self._as_t(t, b, z)
+        eps = self.predict_eps(z, tt, cond, **kw)
+        a, s = self._coef(tt, z)
+        x0 = (z - s * eps) / a
+        a2, s2 = self._coef(self._as_t(t_next, b, z), z)
+        return a2 * x0 + s2 * eps
+
+    @torch.no_grad()
+    def invert(self, z0: torch.Tensor, cond: Conditioning, t_end: float, num_steps: int, *,
+               guidance_scale: float = 1.0, uncond: Conditioning | None = None, progress: bool = False) -> torch.Tensor:
+        """Deterministic DDIM/ODE inversion of clean latents ``z0`` up to noise level ``t_end``."""
+        grid = self.timesteps(num_steps, t_end, latents=z0).flip(0).tolist()  # ascending 0 -> t_end
+        z = z0
+        for t, t_next in _progress(list(zip(grid[:-1], grid[1:])), progress, "invert"):
+            z = self._ddim_step(z, t, t_next, cond, guidance_scale=guidance_scale, uncond=uncond)
+        return z
+
+    @torch.no_grad()
+    def sample(self, z_t: torch.Tensor, cond: Conditioning, t_start: float, num_steps: int, *,
+               guidance_scale: float = 1.0, uncond: Conditioning | None = None, progress: bool = False) -> torch.Tensor:
+        """Deterministic DDIM/ODE sampling from noise level ``t_start`` down to clean latents."""
+        grid = self.timesteps(num_steps, t_start, latents=z_t).tolist()
+        z = z_t
+        for t, t_next in _progress(list(zip(grid[:-1], grid[1:])), progress, "sample"):
+            z = self._ddim_step(z, t, t_next, cond, guidance_scale=guidance_scale, uncond=uncond)
+        if not torch.isfinite(z).all():
+            raise NumericalError("sampling produced NaN/Inf latents; lower the edit strength or use float32")
+        return z
+
+    def encode(self, images: Any, prompts: str | Sequence[str], *, size: tuple[int, int] | None = None) -> JointLatent:
+        """Encode images (paths, PIL, arrays or tensors) and their prompts into a :class:`JointLatent`."""
+        from eimsdk.images import check_prompts, to_model_tensor
+
+        pixels, original = to_model_tensor(images, multiple=self.image_multiple, size=size,
+                                           default_size=self.default_image_size)
+        prompts = check_prompts(prompts, pixels.shape[0], self, name="prompt")
+        with torch.no_grad():
+            z0 = self.encode_images(pixels.to(self.device, self.dtype))
+            cond = self.encode_prompts(prompts)
+        return JointLatent(z0=z0, cond=cond, prompts=list(prompts), image_size=tuple(pixels.shape[-2:]),
+                           original_sizes=original)
+
+
+def _pad_cat(a: Conditioning, b: Conditioning) -> Conditioning:
+    return Conditioning.cat([a, b])
+
+
+def _progress(items: list, enabled: bool, desc: str):
+    if not enabled:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, leave=False)
+
+
+class DirectionFinder(ABC):
+    """Identifies an editing direction ``d = (dz, dc)`` from prompts, through the Encoder interface only."""
+
+    name: ClassVar[str] = ""
+    #: pydantic config class with bounded fields; ``__init__`` validates keyword overrides against it.
+    Config: ClassVar[type["BaseModel"]]
+
+    def __init__(self, config: "BaseModel | None" = None, **overrides: Any) -> None:
+        base = config if config is not None else self.Config()
+        self.config = self.Config.model_validate({**base.model_dump(), **overrides})
+
+    @abstractmethod
+    def find(self, encoder: Encoder, latent: JointLatent, target_prompts: Sequence[str], *,
+             source_prompts: Sequence[str] | None = None, preserve_prompts: Sequence[str] = (),
+             seed: int = 0) -> Direction:
+        """Return a direction that turns ``latent``'s prompts into ``target_prompts``.
+
+        ``source_prompts`` default to ``latent.prompts``; several (source, target) pairs are averaged.
+        """
+
+
+class Manipulator(ABC):
+    """Applies directions with strengths to a joint latent and returns edited clean latents."""
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type["BaseModel"]]
+
+    def __init__(self, config: "BaseModel | None" = None, **overrides: Any) -> None:
+        base = config if config is not None else self.Config()
+        self.config = self.Config.model_validate({**base.model_dump(), **overrides})
+
+    @abstractmethod
+    def apply(self, encoder: Encoder, latent: JointLatent, edits: Sequence[tuple[Direction, float]]) -> torch.Tensor:
+        """Edited clean latents (B, ...) for ``latent`` moved by ``sum(strength * direction)``."""
+
+
+class Metric(ABC):
+    """A measurement over models, directions or edits (disentanglement scores, ...)."""
+
+    name: ClassVar[str] = ""
+
+    @abstractmethod
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Compute the metric; subclasses document their inputs and outputs."""
+
+
+class AttributeReader(ABC):
+    """Reads named attributes from images: a score or class per attribute, for metrics and benchmarks."""
+
+    name: ClassVar[str] = ""
+    #: attribute name -> list of class values (categorical) or None (a continuous score).
+    attributes: ClassVar[dict[str, list[str] | None]] = {}
+
+    @abstractmethod
+    def read(self, images: Sequence[Any]) -> list[dict[str, Any]]:
+        """One dict per image: attribute -> value (class name or float)."""
+
+    def check(self, attribute: str) -> None:
+        if attribute not in self.attributes:
+            raise InputError(f"attribute={attribute!r} is not read by reader {self.name!r}; it reads "
+                             f"{sorted(self.attributes)}")

@@ -1,0 +1,1 @@
+"""Model-agnostic methods: direction finders (HSDS and baselines) and manipulators."""

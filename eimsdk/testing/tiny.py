@@ -1,0 +1,142 @@
+"""Tiny PixArt, SD3 and Flux pipelines of the real diffusers classes, built offline from configs.
+
+The sizes follow diffusers' own fast tests (a few hundred thousand parameters), with two VAE blocks so that
+the latent is downsampled by 2 and Flux's 2x2 packing is exercised. ``build_tiny_pipeline`` writes the
+pipeline to a folder with ``save_pretrained``, so backends load it exactly like a real model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from eimsdk.testing.tokenizers import build_clip_tokenizer, build_t5_tokenizer
+
+FAMILIES = ("pixart", "pixart-sigma", "sd3", "flux")
+
+T5_MAX_LENGTH = 32
+
+
+def _seed(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
+
+
+def tiny_t5_encoder(d_model: int = 32):
+    from transformers import T5Config, T5EncoderModel
+
+    tok = build_t5_tokenizer(T5_MAX_LENGTH)
+    config = T5Config(
+        vocab_size=len(tok), d_model=d_model, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, dropout_rate=0.0, feed_forward_proj="gated-gelu",
+        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, decoder_start_token_id=tok.pad_token_id,
+    )
+    return T5EncoderModel(config).eval(), tok
+
+
+def tiny_clip_encoder(with_projection: bool, hidden_size: int = 32):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    tok = build_clip_tokenizer(77)
+    config = CLIPTextConfig(
+        vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=37, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=77, projection_dim=hidden_size, hidden_act="gelu",
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        layer_norm_eps=1e-5,
+    )
+    cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
+    return cls(config).eval(), tok
+
+
+def tiny_vae(latent_channels: int = 4, **kw: Any):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4, 8), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=latent_channels, norm_num_groups=1, **kw,
+    ).eval()
+
+
+def get_dummy_components(family: str, seed: int = 0) -> dict[str, Any]:
+    """Components for the family's pipeline class, seeded; keys are the pipeline's ``__init__`` arguments."""
+    from diffusers import (
+        DDIMScheduler,
+        FlowMatchEulerDiscreteScheduler,
+        FluxTransformer2DModel,
+        PixArtTransformer2DModel,
+        SD3Transformer2DModel,
+    )
+
+    if family in ("pixart", "pixart-sigma"):
+        _seed(seed)
+        transformer = PixArtTransformer2DModel(
+            sample_size=16, num_layers=2, patch_size=2, attention_head_dim=8, num_attention_heads=3,
+            caption_channels=32, in_channels=4, cross_attention_dim=24, out_channels=8, attention_bias=True,
+            activation_fn="gelu-approximate", num_embeds_ada_norm=1000, norm_type="ada_norm_single",
+            norm_elementwise_affine=False, norm_eps=1e-6,
+        ).eval()
+        _seed(seed)
+        vae = tiny_vae(4)
+        _seed(seed)
+        text_encoder, tokenizer = tiny_t5_encoder(32)
+        return dict(transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                    scheduler=DDIMScheduler())
+    if family == "sd3":
+        _seed(seed)
+        transformer = SD3Transformer2DModel(
+            sample_size=16, patch_size=2, in_channels=4, num_layers=1, attention_head_dim=8,
+            num_attention_heads=4, caption_projection_dim=32, joint_attention_dim=32, pooled_projection_dim=64,
+            out_channels=4,
+        ).eval()
+        _seed(seed)
+        text_encoder, tokenizer = tiny_clip_encoder(True)
+        _seed(seed + 1)
+        text_encoder_2, tokenizer_2 = tiny_clip_encoder(True)
+        _seed(seed)
+        text_encoder_3, tokenizer_3 = tiny_t5_encoder(32)
+        _seed(seed)
+        vae = tiny_vae(4, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609,
+                       scaling_factor=1.5035)
+        return dict(transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(),
+                    text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2,
+                    tokenizer_2=tokenizer_2, text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3)
+    if family == "flux":
+        _seed(seed)
+        transformer = FluxTransformer2DModel(
+            patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+            num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
+            guidance_embeds=True,
+        ).eval()
+        _seed(seed)
+        text_encoder, tokenizer = tiny_clip_encoder(False)
+        _seed(seed)
+        text_encoder_2, tokenizer_2 = tiny_t5_encoder(32)
+        _seed(seed)
+        vae = tiny_vae(4, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609,
+                       scaling_factor=1.5035)
+        return dict(transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(),
+                    text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2,
+                    tokenizer_2=tokenizer_2)
+    raise ValueError(f"family={family!r} is not one of {FAMILIES}")
+
+
+PIPELINE_CLASSES = {
+    "pixart": "PixArtAlphaPipeline",
+    "pixart-sigma": "PixArtSigmaPipeline",
+    "sd3": "StableDiffusion3Pipeline",
+    "flux": "FluxPipeline",
+}
+
+
+def build_tiny_pipeline(family: str, path: str | Path | None = None, seed: int = 0):
+    """Build the family's tiny diffusers pipeline; save it to ``path`` (diffusers format) when given."""
+    import diffusers
+
+    pipe = getattr(diffusers, PIPELINE_CLASSES[family])(**get_dummy_components(family, seed))
+    pipe.set_progress_bar_config(disable=True)
+    if path is not None:
+        pipe.save_pretrained(str(path))
+    return pipe
