@@ -65,10 +65,21 @@ def register_readers(register: Register) -> None:
     """Register attribute readers. Example: ``register("toy", "eimsdk_toy.readers:ToyReader")``."""
 
 
+@hookspec
+def register_models(register: Register) -> None:
+    """Register named models that ship with a plugin (no download), usable wherever a model path is taken.
+
+    The target is a function returning the model's folder. Example::
+
+        register("toy-pixart", "eimsdk_toy:default_model_path", description="toy PixArt trained on scenes")
+    """
+
+
 KINDS: dict[str, str] = {
     "backend": "register_backends",
     "finder": "register_direction_finders",
     "manipulator": "register_manipulators",
     "metric": "register_metrics",
     "reader": "register_readers",
+    "model": "register_models",
 }

@@ -39,6 +39,7 @@ BASES: dict[str, str] = {
     "manipulator": "eimsdk.interfaces:Manipulator",
     "metric": "eimsdk.interfaces:Metric",
     "reader": "eimsdk.interfaces:AttributeReader",
+    "model": "",  # a function returning a folder; not type-checked
 }
 
 
@@ -75,6 +76,11 @@ class Component:
                 f"{type(exc).__name__}: {exc}. Install the plugin's extra (for example `pip install "
                 f"\"eimsdk[{self.plugin}]\"`) or disable it with EIMSDK_PLUGINS_BLOCK={self.plugin}."
             ) from exc
+        if not BASES[self.kind]:
+            if not callable(obj):
+                raise PluginError(f"{self.kind} {self.name!r} from plugin {self.plugin!r} must be callable, got {obj!r}")
+            self._loaded = obj
+            return obj
         base = import_string(BASES[self.kind])
         if not (isinstance(obj, type) and issubclass(obj, base)):
             raise PluginError(
@@ -141,6 +147,7 @@ class PluginManager:
             try:
                 module = ep.load()
             except Exception as exc:  # noqa: BLE001 - isolation is the point
+                self.plugins[ep.name] = info
                 self._fail(info, f"import failed: {type(exc).__name__}: {exc}", exc)
                 continue
             self.register(module, ep.name, info=info)
