@@ -1,0 +1,293 @@
+"""Benchmark reports: ``summary.json`` and ``report.md`` (method x model tables) plus PNG plots.
+
+Rates are over every unit at a strength (a unit that failed counts as a failed edit):
+
+- success: the edited image shows every ``expected`` value;
+- preserved: every other attribute reads as in the source;
+- precise: both at once;
+- PSNR / SSIM outside the item's region, CLIP / DINO / LPIPS when configured; costs are means per unit.
+
+The reader-based disentanglement uses the reference strength (the one closest to 1): ``M_ij`` is the fraction
+of edits along attribute ``i`` that changed reader ``j`` (:mod:`eimsdk.metrics.disentanglement`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from eimsdk.records import atomic_write, atomic_write_text
+
+MEANS = ("psnr", "ssim", "psnr_outside", "ssim_outside", "clip_score", "dino_similarity", "lpips_outside")
+
+
+def reference_strength(strengths: Sequence[float]) -> float:
+    return min(strengths, key=lambda s: (abs(s - 1.0), -s))
+
+
+def _mean(values: list[Any]) -> float | None:
+    vals = [float(v) for v in values if v is not None]
+    return round(float(np.mean(vals)), 4) if vals else None
+
+
+def _edit_at(rec: dict[str, Any], strength: float) -> dict[str, Any] | None:
+    return next((e for e in rec.get("edits", []) if e["strength"] == strength), None)
+
+
+def summarize(results: list[dict[str, Any]], strengths: Sequence[float],
+              internal: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The summary of every (model, method): rates and means per strength, per-attribute rates, disentanglement."""
+    from eimsdk.bench.runner import model_label
+    from eimsdk.metrics.disentanglement import dci_disentanglement, matrix_from_changes
+
+    ref = reference_strength(strengths)
+    models = list(dict.fromkeys(model_label(r["model"]) for r in results))
+    methods = list(dict.fromkeys(r["method"] for r in results))
+    attributes = list(dict.fromkeys(r["attribute"] for r in results))
+    table: dict[str, dict[str, Any]] = {}
+    for model in models:
+        table[model] = {}
+        for method in methods:
+            recs = [r for r in results if model_label(r["model"]) == model and r["method"] == method]
+            if not recs:
+                continue
+            entry: dict[str, Any] = {"n": len(recs), "errors": sum("error" in r for r in recs)}
+            finds = [r["find_cost"] for r in recs if "find_cost" in r]
+            entry["find_model_evals"] = _mean([c["model_evals"] for c in finds])
+            entry["find_seconds"] = _mean([c["seconds"] for c in finds])
+            entry["find_peak_mb"] = max((c["peak_memory_mb"] for c in finds), default=None)
+            entry["by_strength"] = {}
+            for s in strengths:
+                edits = [_edit_at(r, s) or {"success": False, "preserved_all": False, "error": r.get("error")}
+                         for r in recs]
+                row = {
+                    "success": _mean([e.get("success") for e in edits]),
+                    "preserved": _mean([e.get("preserved_all") for e in edits]),
+                    "precise": _mean([None if e.get("success") is None else
+                                      bool(e.get("success")) and bool(e.get("preserved_all")) for e in edits]),
+                    **{k: _mean([e.get(k) for e in edits]) for k in MEANS},
+                    "apply_model_evals": _mean([e.get("cost", {}).get("model_evals") for e in edits]),
+                    "apply_seconds": _mean([e.get("cost", {}).get("seconds") for e in edits]),
+                    "apply_peak_mb": max((e["cost"]["peak_memory_mb"] for e in edits if "cost" in e), default=None),
+                }
+                names = sorted({a for e in edits for a in e.get("preserved", {})})
+                row["preserved_by_attribute"] = {a: _mean([e["preserved"][a] for e in edits
+                                                           if a in e.get("preserved", {})]) for a in names}
+                entry["by_strength"][f"{s:g}"] = {k: v for k, v in row.items() if v is not None and v != {}}
+            entry["by_attribute"] = {}
+            for a in attributes:
+                edits = [_edit_at(r, ref) or {"success": False, "preserved_all": False} for r in recs
+                         if r["attribute"] == a]
+                if edits:
+                    entry["by_attribute"][a] = {"n": len(edits), "success": _mean([e.get("success") for e in edits]),
+                                                "preserved": _mean([e.get("preserved_all") for e in edits])}
+            changes = [(r["attribute"], _edit_at(r, ref)["changes"]) for r in recs if _edit_at(r, ref)]
+            if changes:
+                rows = [a for a in attributes if any(c[0] == a for c in changes)]
+                cols = [a for a in rows if a in changes[0][1]] + [a for a in changes[0][1] if a not in rows]
+                entry["disentanglement"] = dci_disentanglement(matrix_from_changes(changes, rows, cols)).as_dict()
+            if internal and method in internal.get(model, {}):
+                entry["internal"] = internal[model][method]
+            table[model][method] = entry
+    return {"reference_strength": ref, "strengths": list(strengths), "models": models, "methods": methods,
+            "attributes": attributes, "items": len({r["id"] for r in results}), "table": table}
+
+
+# ------------------------------------------------------------------------------------------------ markdown
+def _fmt(v: Any, digits: int = 2) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def command_line(config: Any) -> str:
+    """The ``eimsdk bench`` command that reproduces ``config`` (MANIFEST left as a placeholder)."""
+    c = config.model_dump() if hasattr(config, "model_dump") else dict(config)
+    parts = ["eimsdk bench MANIFEST", "--models " + " ".join(c["models"]), "--methods " + " ".join(c["methods"]),
+             "--strengths " + " ".join(f"{s:g}" for s in c["strengths"]), "--out OUT"]
+    if c.get("reader", "toy") != "toy":
+        parts.append(f"--reader {c['reader']}")
+    parts += [f"--reader-set {k}={json.dumps(v)}" for k, v in c.get("reader_config", {}).items()]
+    parts += [f"--manip-set {k}={json.dumps(v)}" for k, v in c.get("manipulator_config", {}).items()]
+    if c.get("internal"):
+        parts.append(f"--internal {c['internal']}")
+    return " ".join(parts)
+
+
+def markdown(summary: dict[str, Any], config: Any, plots: list[str]) -> str:
+    ref = f"{summary['reference_strength']:g}"
+    lines = [
+        "# eimsdk benchmark report", "",
+        f"{summary['items']} items x {len(summary['models'])} model(s) x {len(summary['methods'])} method(s); "
+        f"strengths {', '.join(f'{s:g}' for s in summary['strengths'])}; tables at strength {ref}.", "",
+        f"Regenerate: `{command_line(config)}`", "",
+        f"## Precise edits: success and every other attribute preserved (method x model, strength {ref})", "",
+        "| method | " + " | ".join(summary["models"]) + " |", "|---|" + "---|" * len(summary["models"]),
+    ]
+    for method in summary["methods"]:
+        cells = [_fmt(summary["table"][m].get(method, {}).get("by_strength", {}).get(ref, {}).get("precise"))
+                 for m in summary["models"]]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += [
+        "", f"## Editing (strength {ref})", "",
+        "| model | method | success | preserved | precise | PSNR out | SSIM out | find evals | find s | apply evals "
+        "| apply s | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for model, methods in summary["table"].items():
+        for method, e in methods.items():
+            r = e["by_strength"].get(ref, {})
+            lines.append(f"| {model} | {method} | {_fmt(r.get('success'))} | {_fmt(r.get('preserved'))} | "
+                         f"{_fmt(r.get('precise'))} | {_fmt(r.get('psnr_outside'), 1)} | {_fmt(r.get('ssim_outside'), 3)} "
+                         f"| {_fmt(e.get('find_model_evals'), 0)} | {_fmt(e.get('find_seconds'))} | "
+                         f"{_fmt(r.get('apply_model_evals'), 0)} | {_fmt(r.get('apply_seconds'))} | {e['errors']} |")
+    lines += ["", "## Disentanglement", "",
+              "Reader-based D (DCI-style, 1 = each edit moves one reader) and its targeted share (mean p_ii); "
+              "reader-free S (1 - mean |cos| of attribute responses) when computed.", "",
+              "| model | method | D (reader) | targeted | S (reader-free) |", "|---|---|---|---|---|"]
+    for model, methods in summary["table"].items():
+        for method, e in methods.items():
+            d = e.get("disentanglement", {})
+            targeted = [v for v in d.get("targeted", {}).values() if v is not None]
+            s = e.get("internal", {}).get("score")
+            lines.append(f"| {model} | {method} | {_fmt(d.get('overall'))} | "
+                         f"{_fmt(float(np.mean(targeted)) if targeted else None)} | {_fmt(s)} |")
+    attrs = summary["attributes"]
+    lines += ["", f"## Per attribute: success / preserved (strength {ref})", "",
+              "| model | method | " + " | ".join(attrs) + " |", "|---|---|" + "---|" * len(attrs)]
+    for model, methods in summary["table"].items():
+        for method, e in methods.items():
+            cells = [f"{_fmt(e['by_attribute'].get(a, {}).get('success'))} / "
+                     f"{_fmt(e['by_attribute'].get(a, {}).get('preserved'))}" for a in attrs]
+            lines.append(f"| {model} | {method} | " + " | ".join(cells) + " |")
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------ plots
+def _save(fig, path: Path) -> str:
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    return path.name
+
+
+def plot_strength_curves(summary: dict[str, Any], path: Path) -> str:
+    """Success and preservation against strength: one column per model, one line per method."""
+    from matplotlib.figure import Figure
+
+    models = summary["models"]
+    fig = Figure(figsize=(4.2 * len(models), 6.5))
+    axes = fig.subplots(2, len(models), squeeze=False)
+    xs = summary["strengths"]
+    for j, model in enumerate(models):
+        for method, e in summary["table"][model].items():
+            for i, key in enumerate(("success", "preserved")):
+                ys = [e["by_strength"].get(f"{s:g}", {}).get(key) for s in xs]
+                axes[i][j].plot(xs, [np.nan if y is None else y for y in ys], marker="o", label=method)
+        for i, key in enumerate(("success", "preserved")):
+            ax = axes[i][j]
+            ax.set_ylim(-0.02, 1.02)
+            ax.grid(alpha=0.3)
+            ax.set_title(f"{model}: {key}", fontsize=10)
+            ax.set_xlabel("strength")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_matrices(summary: dict[str, Any], model: str, path: Path) -> str | None:
+    """The reader-change matrix M of each method as a heatmap, with D in the title."""
+    from matplotlib.figure import Figure
+
+    entries = [(m, e["disentanglement"]) for m, e in summary["table"][model].items() if "disentanglement" in e]
+    if not entries:
+        return None
+    fig = Figure(figsize=(3.8 * len(entries), 3.8))
+    axes = fig.subplots(1, len(entries), squeeze=False)[0]
+    for ax, (method, d) in zip(axes, entries):
+        mat = np.asarray(d["matrix"]["matrix"])
+        ax.imshow(mat, vmin=0, vmax=1, cmap="viridis")
+        ax.set_xticks(range(len(d["matrix"]["cols"])), d["matrix"]["cols"], rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(d["matrix"]["rows"])), d["matrix"]["rows"], fontsize=8)
+        for (i, j), v in np.ndenumerate(mat):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v < 0.6 else "black")
+        ax.set_title(f"{method}: D = {_fmt(d['overall'])}", fontsize=9)
+        ax.set_xlabel("reader changed")
+        ax.set_ylabel("edited attribute")
+    fig.suptitle(f"{model}: P(reader j changes | edit along i)", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_examples(out: Path, results: list[dict[str, Any]], model: str, strength: float, path: Path,
+                  max_rows: int = 6) -> str | None:
+    """Example edits: one row per attribute (first item), source then each method at ``strength``."""
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    from eimsdk.bench.runner import model_label
+
+    recs = [r for r in results if model_label(r["model"]) == model]
+    methods = list(dict.fromkeys(r["method"] for r in recs))
+    rows: list[str] = []
+    for r in recs:
+        if r["id"] not in rows and r.get("source_image") and not any(
+                x["attribute"] == r["attribute"] for x in recs if x["id"] in rows):
+            rows.append(r["id"])
+    rows = rows[:max_rows]
+    if not rows:
+        return None
+    fig = Figure(figsize=(1.6 * (len(methods) + 1), 1.75 * len(rows)))
+    axes = fig.subplots(len(rows), len(methods) + 1, squeeze=False)
+    for i, item_id in enumerate(rows):
+        first = next(r for r in recs if r["id"] == item_id)
+        cells = [("source", first["source_image"], None)]
+        for method in methods:
+            rec = next((r for r in recs if r["id"] == item_id and r["method"] == method), None)
+            edit = _edit_at(rec, strength) if rec else None
+            cells.append((method, edit.get("image") if edit else None, edit))
+        for j, (label, rel, edit) in enumerate(cells):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if rel and (out / rel).is_file():
+                with Image.open(out / rel) as im:
+                    ax.imshow(np.asarray(im.convert("RGB")), interpolation="nearest")
+            mark = "" if edit is None else ("precise" if edit.get("success") and edit.get("preserved_all") else
+                                            "leaky" if edit.get("success") else "miss")
+            if i == 0:
+                ax.set_title(label, fontsize=8)
+            if j == 0:
+                ax.set_ylabel(f"{first['attribute']}\n-> {', '.join(map(str, first['expected'].values())) or '?'}",
+                              fontsize=7)
+            elif mark:
+                ax.set_xlabel(mark, fontsize=7)
+    fig.suptitle(f"{model}: edits at strength {strength:g}", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def write_report(out: str | Path, results: list[dict[str, Any]], config: Any,
+                 internal: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Write ``summary.json``, ``report.md`` and ``plots/*.png`` under ``out``; return the summary."""
+    out = Path(out)
+    strengths = config.strengths if hasattr(config, "strengths") else config["strengths"]
+    summary = summarize(results, strengths, internal)
+    plots_dir = out / "plots"
+    plots = [f"plots/{plot_strength_curves(summary, plots_dir / 'strength_curves.png')}"]
+    for model in summary["models"]:
+        name = plot_matrices(summary, model, plots_dir / f"matrix_{model}.png")
+        if name:
+            plots.append(f"plots/{name}")
+        name = plot_examples(out, results, model, summary["reference_strength"], plots_dir / f"examples_{model}.png")
+        if name:
+            plots.append(f"plots/{name}")
+    summary["plots"] = plots
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, sort_keys=True))
+    atomic_write_text(out / "report.md", markdown(summary, config, plots))
+    return summary

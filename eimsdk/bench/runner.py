@@ -1,0 +1,468 @@
+"""The benchmark runner: every manifest item x model x method, one measured edit each, resumable and parallel.
+
+Per (model, method, item) unit the runner encodes the source, finds a direction (seeded by the item id), applies
+it at every strength, reads the attributes of the source and of each edit, and writes
+``items/MODEL/METHOD/ID.json`` atomically, after the unit's images. A finished JSON whose ``key`` (a hash of
+everything that determines the result) matches is never redone, so a killed run resumes where it stopped.
+
+Under ``accelerate launch`` / ``torchrun`` (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` in the environment) item
+``i`` runs on rank ``i % WORLD_SIZE``; items are seeded by id, so results do not depend on the number of
+processes. Rank 0 waits for every rank, merges ``results.jsonl`` and writes the report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from eimsdk.bench.manifest import ManifestItem, write_manifest
+from eimsdk.errors import EimsdkError, InputError
+from eimsdk.records import atomic_write_text
+
+RESULT_VERSION = 1
+
+
+class BenchConfig(BaseModel):
+    """What to run. ``methods`` are finder names with optional overrides: ``hsds``, ``hsds:lam=0.1,t_edit=0.6``.
+
+    An override goes to the manipulator when the manipulator's config has that field, else to the finder.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    models: list[str] = Field(min_length=1, description="model folders, hub ids or plugin model names")
+    methods: list[str] = Field(min_length=1, description="finder names with optional :key=value,... overrides")
+    strengths: list[float] = Field(default_factory=lambda: [1.0], min_length=1, max_length=64)
+    reader: str = Field("toy", description="attribute reader plugin")
+    reader_config: dict[str, Any] = Field(default_factory=dict)
+    manipulator: str = "linear"
+    manipulator_config: dict[str, Any] = Field(default_factory=dict)
+    device: str = "cpu"
+    dtype: str = "float32"
+    size: tuple[int, int] | None = Field(None, description="model input (H, W); default: each item's own")
+    seed: int = Field(0, ge=0, description="added to every item's id-derived seed (repeat trials)")
+    numeric_tolerance: float = Field(0.05, ge=0.0, description="a continuous reading is preserved within this")
+    save_images: bool = True
+    save_directions: bool = False
+    internal: int = Field(0, ge=0, description="groups (sources) for the reader-free score; 0 = off")
+    clip_model: str | None = Field(None, description="local CLIP folder: CLIP score of edits vs target prompts")
+    dino_model: str | None = Field(None, description="local DINO folder: DINO similarity of source and edit")
+    lpips: bool = Field(False, description="LPIPS outside the region (needs the lpips package)")
+
+    @field_validator("strengths")
+    @classmethod
+    def _finite(cls, v: list[float]) -> list[float]:
+        import math
+
+        if any(not math.isfinite(s) for s in v):
+            raise ValueError("strengths must be finite numbers")
+        return v
+
+
+@dataclass
+class MethodSpec:
+    """A parsed ``--methods`` entry."""
+
+    label: str
+    finder: str
+    finder_config: dict[str, Any]
+    manipulator_config: dict[str, Any]
+
+    @property
+    def slug(self) -> str:
+        return slug(self.label)
+
+
+def slug(text: str) -> str:
+    """A folder-safe name: ``hsds:lam=0.1`` -> ``hsds_lam-0.1``."""
+    s = re.sub(r"[^A-Za-z0-9.\-]+", "_", text.replace("=", "-")).strip("_.")
+    return s or "x"
+
+
+def parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_method(spec: str, manipulator_fields: Sequence[str] = ()) -> MethodSpec:
+    """``name`` or ``name:key=value,key=value`` -> :class:`MethodSpec` (values parsed as JSON when possible)."""
+    name, _, rest = spec.partition(":")
+    if not name:
+        raise InputError(f"method {spec!r} has no finder name; write NAME or NAME:key=value,...")
+    finder_cfg: dict[str, Any] = {}
+    manip_cfg: dict[str, Any] = {}
+    for part in filter(None, rest.split(",")):
+        key, sep, value = part.partition("=")
+        if not sep or not key:
+            raise InputError(f"method {spec!r}: override {part!r} must be key=value")
+        (manip_cfg if key in manipulator_fields else finder_cfg)[key] = parse_value(value)
+    return MethodSpec(label=spec, finder=name, finder_config=finder_cfg, manipulator_config=manip_cfg)
+
+
+def item_seed(item_id: str, offset: int = 0) -> int:
+    """A seed that depends only on the item id (and a global offset)."""
+    return (int.from_bytes(hashlib.sha256(item_id.encode()).digest()[:4], "big") + offset) % (2**31 - 1)
+
+
+def dist_env() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from the launcher's environment; (0, 1, 0) when not launched."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def model_label(model: str) -> str:
+    p = Path(model)
+    return slug(p.name if p.exists() else model)
+
+
+def result_path(out: Path, model: str, method: MethodSpec, item_id: str) -> Path:
+    return out / "items" / model_label(model) / method.slug / f"{item_id}.json"
+
+
+def unit_key(item: ManifestItem, model: str, method: MethodSpec, config: BenchConfig) -> str:
+    """Hash of everything that determines a unit's result (not the device, not the image flags)."""
+    payload = {"v": RESULT_VERSION, "item": item.model_dump(), "model": model, "method": method.label,
+               **config.model_dump(include={"strengths", "reader", "reader_config", "manipulator", "manipulator_config",
+                                            "dtype", "size", "seed", "numeric_tolerance", "clip_model", "dino_model",
+                                            "lpips"})}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def read_result(path: Path) -> dict[str, Any] | None:
+    """A finished unit's result, or None when absent or unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+class Runner:
+    """Runs a manifest; see the module docstring. ``plugin_manager`` defaults to the installed plugins."""
+
+    def __init__(self, items: Sequence[ManifestItem], config: BenchConfig | dict[str, Any], out: str | os.PathLike, *,
+                 plugin_manager: Any = None, progress: bool = True) -> None:
+        from eimsdk.plugins import get_plugin_manager
+
+        try:
+            self.config = config if isinstance(config, BenchConfig) else BenchConfig.model_validate(config)
+        except ValidationError as exc:
+            raise InputError(f"benchmark configuration is invalid: {exc}") from None
+        self.items = list(items)
+        if not self.items:
+            raise InputError("the manifest has no items")
+        self.out = Path(out)
+        self.pm = plugin_manager or get_plugin_manager()
+        self.progress = progress
+        fields = list(self.pm.load("manipulator", self.config.manipulator).Config.model_fields)
+        self.methods = [parse_method(m, fields) for m in self.config.methods]
+        for what, names in (("methods", [m.slug for m in self.methods]),
+                            ("models", [model_label(m) for m in self.config.models])):
+            if len(set(names)) != len(names):
+                raise InputError(f"{what} give duplicate folder names {names}; make them distinct")
+        for m in self.methods:  # validate names and overrides before any model loads
+            self._finder(m)
+            self._manipulator(m)
+        self.reader = self._reader()
+        self.rank, self.world_size, self.local_rank = dist_env()
+
+    # ---------------------------------------------------------------------------------------------- setup
+    def _finder(self, method: MethodSpec):
+        cls = self.pm.load("finder", method.finder)
+        try:
+            return cls(**method.finder_config)
+        except ValidationError as exc:
+            raise InputError(f"method {method.label!r}: invalid finder settings: {exc}") from None
+
+    def _manipulator(self, method: MethodSpec):
+        cls = self.pm.load("manipulator", self.config.manipulator)
+        try:
+            return cls(**{**self.config.manipulator_config, **method.manipulator_config})
+        except ValidationError as exc:
+            raise InputError(f"method {method.label!r}: invalid manipulator settings: {exc}") from None
+
+    def _reader(self):
+        reader = self.pm.load("reader", self.config.reader)(**self.config.reader_config)
+        for item in self.items:
+            for name in item.expected:
+                reader.check(name)
+        return reader
+
+    def _device(self) -> str:
+        """``--device cuda`` under a launcher: ``cuda:LOCAL_RANK``, wrapping round when processes outnumber GPUs."""
+        if self.config.device == "cuda" and self.world_size > 1:
+            import torch
+
+            return f"cuda:{self.local_rank % max(torch.cuda.device_count(), 1)}"
+        return self.config.device
+
+    # ---------------------------------------------------------------------------------------------- running
+    def my_items(self) -> list[ManifestItem]:
+        return [it for i, it in enumerate(self.items) if i % self.world_size == self.rank]
+
+    def pending(self) -> tuple[list[tuple[str, ManifestItem, MethodSpec]], int]:
+        """Units of this rank still to run, and how many are already done."""
+        todo, done = [], 0
+        for model in self.config.models:
+            for item in self.my_items():
+                for method in self.methods:
+                    old = read_result(result_path(self.out, model, method, item.id))
+                    if old is not None and old.get("key") == unit_key(item, model, method, self.config):
+                        done += 1
+                    else:
+                        todo.append((model, item, method))
+        return todo, done
+
+    def run(self) -> dict[str, Any] | None:
+        """Run this rank's units; on rank 0, wait for all ranks, merge and report. Returns the summary on rank 0."""
+        if self.rank == 0:
+            write_manifest(self.items, self.out / "manifest.jsonl")
+            atomic_write_text(self.out / "config.json", json.dumps(self.config.model_dump(), indent=2, default=str))
+        todo, done = self.pending()
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(todo) + done, initial=done, desc=f"bench rank {self.rank}" if self.world_size > 1
+                       else "bench", position=self.rank, unit="edit", dynamic_ncols=True)
+        by_model: dict[str, list[tuple[ManifestItem, MethodSpec]]] = {}
+        for model, item, method in todo:
+            by_model.setdefault(model, []).append((item, method))
+        for model, units in by_model.items():
+            self._run_model(model, units, bar)
+        if bar is not None:
+            bar.close()
+        self._barrier()
+        if self.rank != 0:
+            return None
+        from eimsdk.bench.report import write_report
+
+        results = self.merge()
+        internal = None
+        if self.config.internal:
+            internal = self._internal()
+            atomic_write_text(self.out / "internal.json", json.dumps(internal, indent=1, sort_keys=True))
+        return write_report(self.out, results, self.config, internal=internal)
+
+    def _run_model(self, model: str, units: list[tuple[ManifestItem, MethodSpec]], bar) -> None:
+        from eimsdk.editor import Editor
+
+        editor = Editor.from_pretrained(model, device=self._device(), dtype=self.config.dtype, plugin_manager=self.pm)
+        extras = self._extra_metrics()
+        by_item: dict[str, list[MethodSpec]] = {}
+        items = {}
+        for item, method in units:
+            by_item.setdefault(item.id, []).append(method)
+            items[item.id] = item
+        for item_id, methods in by_item.items():
+            item = items[item_id]
+            source = _Source(editor.encoder, item, self.config, self.reader, self.out, model)
+            for method in methods:
+                self._run_unit(editor.encoder, source, model, method, extras)
+                if bar is not None:
+                    bar.set_postfix_str(f"{model_label(model)} {method.label} {item.id}", refresh=False)
+                    bar.update(1)
+
+    def _run_unit(self, encoder, source: "_Source", model: str, method: MethodSpec, extras: dict[str, Any]
+                  ) -> dict[str, Any]:
+        from eimsdk.metrics.editing import run_edit
+
+        item, cfg = source.item, self.config
+        path = result_path(self.out, model, method, item.id)
+        seed = item_seed(item.id, cfg.seed)
+        record: dict[str, Any] = {
+            "id": item.id, "model": model, "method": method.label, "attribute": item.attribute, "seed": seed,
+            "key": unit_key(item, model, method, cfg), "source_prompt": item.source_prompt,
+            "target_prompts": item.target_prompts, "expected": item.expected, "group": item.group_key,
+            "source_read": source.read, "source_image": source.image_path, "edits": [],
+            "worker": {"rank": self.rank, "world_size": self.world_size, "device": str(encoder.device)},
+        }
+        try:
+            run = run_edit(encoder, self._finder(method), self._manipulator(method), source.latent,
+                           [item.source_prompt] * len(item.target_prompts), item.target_prompts, cfg.strengths,
+                           seed=seed, preserve_prompts=item.preserve_prompts)
+        except EimsdkError as exc:
+            record["error"] = f"{type(exc).__name__}: {exc}"
+            atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True))
+            return record
+        record["find_cost"] = run.find_cost.as_dict()
+        if cfg.save_directions or cfg.internal:
+            run.direction.save(path.with_suffix("") / "direction.safetensors")
+        for edit in run.edits:
+            record["edits"].append(self._score_edit(source, edit, path, extras))
+        atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True))
+        return record
+
+    def _score_edit(self, source: "_Source", edit, path: Path, extras: dict[str, Any]) -> dict[str, Any]:
+        from eimsdk.metrics.disentanglement import reader_changes
+        from eimsdk.metrics.pixels import psnr, ssim
+        from eimsdk.records import save_image
+
+        item = source.item
+        image = edit.images[0]
+        read = self.reader.read([image])[0]
+        expected = item.expected
+        success = all(_same(read.get(k), v, self.config.numeric_tolerance) for k, v in expected.items()) if expected \
+            else None
+        preserved = {a: _same(read[a], source.read[a], self.config.numeric_tolerance) for a in source.read
+                     if a not in expected and a != item.attribute}
+        rec: dict[str, Any] = {
+            "strength": edit.strength, "read": read, "success": success, "preserved": preserved,
+            "preserved_all": all(preserved.values()) if preserved else None,
+            "changes": reader_changes(source.read, read), "deltas": self._deltas(source, image, read),
+            "psnr": _r(psnr(source.pixels, edit.pixels)), "ssim": _r(ssim(source.pixels, edit.pixels)),
+            "cost": edit.cost.as_dict(),
+        }
+        if source.region is not None:
+            rec["psnr_outside"] = _r(psnr(source.pixels, edit.pixels, source.region))
+            rec["ssim_outside"] = _r(ssim(source.pixels, edit.pixels, source.region))
+        if "clip" in extras:
+            rec["clip_score"] = _r(extras["clip"]([image], [item.target_prompts[0]])[0])
+        if "dino" in extras:
+            rec["dino_similarity"] = _r(extras["dino"]([source.pil], [image])[0])
+        if "lpips" in extras:
+            rec["lpips_outside"] = _r(extras["lpips"](source.pixels, edit.pixels, source.region))
+        if self.config.save_images:
+            name = f"s{edit.strength:+g}.png"
+            save_image(image, path.with_suffix("") / name)
+            rec["image"] = str((path.with_suffix("") / name).relative_to(self.out))
+        return rec
+
+    def _deltas(self, source: "_Source", image, read: dict[str, Any]) -> dict[str, float]:
+        """Reader deltas: total variation between class probabilities when the reader gives them, else changes."""
+        from eimsdk.metrics.disentanglement import reader_changes
+
+        if source.probabilities is None:
+            return reader_changes(source.read, read)
+        after = self.reader.probabilities([image])[0]
+        return {a: _r(0.5 * sum(abs(p.get(k, 0.0) - after[a].get(k, 0.0)) for k in set(p) | set(after[a])))
+                for a, p in source.probabilities.items()}
+
+    def _extra_metrics(self) -> dict[str, Any]:
+        from eimsdk.metrics.pretrained import ClipScore, DinoSimilarity, LpipsDistance
+
+        extras: dict[str, Any] = {}
+        device = self._device()
+        if self.config.clip_model:
+            extras["clip"] = ClipScore(self.config.clip_model, device=device)
+        if self.config.dino_model:
+            extras["dino"] = DinoSimilarity(self.config.dino_model, device=device)
+        if self.config.lpips:
+            extras["lpips"] = LpipsDistance(device=device)
+        return extras
+
+    # ---------------------------------------------------------------------------------------------- merging
+    def _barrier(self) -> None:
+        if self.world_size <= 1:
+            return
+        from datetime import timedelta
+
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo", timeout=timedelta(days=1))
+        dist.barrier()
+
+    def merge(self) -> list[dict[str, Any]]:
+        """Every unit's result in manifest order (model, method, item); writes ``results.jsonl``."""
+        return collect_results(self.out, self.items, self.config)
+
+    def _internal(self) -> dict[str, dict[str, Any]]:
+        """The reader-free score per model and method, on the first ``internal`` sources edited along >= 2 attributes."""
+        from eimsdk.editor import Editor
+        from eimsdk.metrics.internal import ResponseOverlap
+        from eimsdk.records import Direction
+
+        groups: dict[str, list[ManifestItem]] = {}
+        for item in self.items:
+            groups.setdefault(item.group_key, []).append(item)
+        chosen = [g for g in groups.values() if len({i.attribute for i in g}) >= 2][: self.config.internal]
+        if not chosen:
+            return {}
+        attributes = sorted(set.intersection(*({i.attribute for i in g} for g in chosen)))
+        if len(attributes) < 2:
+            return {}
+        out: dict[str, dict[str, Any]] = {}
+        for model in self.config.models:
+            editor = Editor.from_pretrained(model, device=self._device(), dtype=self.config.dtype,
+                                            plugin_manager=self.pm)
+            firsts = [g[0] for g in chosen]
+            sizes = {f.size or self.config.size for f in firsts}
+            latent = editor.encoder.encode([f.load_source() for f in firsts], [f.source_prompt for f in firsts],
+                                           size=sizes.pop() if len(sizes) == 1 else None)
+            out[model_label(model)] = {}
+            for method in self.methods:
+                directions = {a: [Direction.load(result_path(self.out, model, method, next(
+                    i for i in g if i.attribute == a).id).with_suffix("") / "direction.safetensors",
+                    device=editor.encoder.device) for g in chosen] for a in attributes}
+                try:
+                    res = ResponseOverlap()(editor.encoder, latent, directions)
+                except EimsdkError as exc:
+                    out[model_label(model)][method.label] = {"error": str(exc)}
+                    continue
+                out[model_label(model)][method.label] = {**res.as_dict(), "sources": len(chosen)}
+        return out
+
+
+def collect_results(out: str | os.PathLike, items: Sequence[ManifestItem], config: BenchConfig
+                    ) -> list[dict[str, Any]]:
+    """Every finished unit's result in manifest order (model, method, item); writes ``OUT/results.jsonl``.
+
+    Needs no model or plugin: a unit is identified by its path and key. Raises when a unit is missing.
+    """
+    out = Path(out)
+    results, missing = [], []
+    for model in config.models:
+        for method in (parse_method(m) for m in config.methods):
+            for item in items:
+                rec = read_result(result_path(out, model, method, item.id))
+                if rec is None or rec.get("key") != unit_key(item, model, method, config):
+                    missing.append(f"{model_label(model)}/{method.slug}/{item.id}")
+                else:
+                    results.append(rec)
+    if missing:
+        raise EimsdkError(f"{len(missing)} result(s) are missing (first: {missing[:3]}); a run or a rank did not "
+                          "finish. Run the same command again: finished items are kept")
+    atomic_write_text(out / "results.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in results))
+    return results
+
+
+class _Source:
+    """One item's source under one model: latent, pixels at model size, readings, region."""
+
+    def __init__(self, encoder, item: ManifestItem, config: BenchConfig, reader, out: Path, model: str) -> None:
+        from eimsdk.images import to_pil
+        from eimsdk.metrics.editing import source_pixels
+        from eimsdk.records import save_image
+
+        self.item = item
+        image = item.load_source()
+        self.latent = encoder.encode(image, item.source_prompt, size=item.size or config.size)
+        self.pixels = source_pixels(encoder, image, self.latent)[0]  # (3, H, W) in [-1, 1]
+        self.pil = to_pil(self.pixels[None])[0]
+        self.read = reader.read([self.pil])[0]
+        self.probabilities = reader.probabilities([self.pil])[0] if hasattr(reader, "probabilities") else None
+        self.region = item.region.to_mask(tuple(self.pixels.shape[-2:])) if item.region is not None else None
+        self.image_path = None
+        if config.save_images:
+            rel = Path("items") / model_label(model) / "_sources" / f"{item.id}.png"
+            if not (out / rel).is_file():
+                save_image(self.pil, out / rel)
+            self.image_path = str(rel)
+
+
+def _same(a: Any, b: Any, tol: float) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return abs(float(a) - float(b)) <= tol
+    return a == b
+
+
+def _r(v: float | None) -> float | None:
+    return None if v is None else round(float(v), 6)

@@ -1,0 +1,57 @@
+"""`eimsdk bench`: manifest generation, a run, the report rebuilt from a finished run, and clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from eimsdk.cli import main
+from eimsdk.plugins import get_plugin_manager
+from test_bench_world import clean_items, fake_model, plugin_manager
+
+
+@pytest.fixture
+def fakes_installed(monkeypatch):
+    """The CLI's process-wide plugin manager, with the fake world added for this test only."""
+    import eimsdk.plugins
+
+    monkeypatch.setattr(eimsdk.plugins, "_MANAGER", plugin_manager())
+    return get_plugin_manager()
+
+
+def test_manifest_only_writes_the_toy_manifest(tmp_path, capsys):
+    assert main(["bench", "toy:2", "--out", str(tmp_path), "--manifest-only"]) == 0
+    lines = (tmp_path / "manifest.jsonl").read_text().splitlines()
+    assert len(lines) == 10 and "10 items" in capsys.readouterr().out
+    assert main(["bench", "toy:2", "--limit", "3", "--out", str(tmp_path / "l"), "--manifest-only"]) == 0
+    assert len((tmp_path / "l" / "manifest.jsonl").read_text().splitlines()) == 3
+
+
+def test_run_then_rebuild_the_report(tmp_path, capsys, fakes_installed):
+    from eimsdk.bench.manifest import write_manifest
+
+    manifest = write_manifest(clean_items(1), tmp_path / "m.jsonl")
+    model = fake_model(tmp_path / "fake")
+    out = tmp_path / "out"
+    args = ["bench", str(manifest), "--models", model, "--methods", "fake-oracle", "fake-null", "--manipulator",
+            "fake-add", "--strengths", "0.5", "1", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "fake-oracle" in printed and "success 1.0" in printed and "report.md" in printed
+    (out / "report.md").unlink()
+    assert main(["bench", "--out", str(out), "--report-only"]) == 0
+    assert "| fake | fake-oracle | 1.00 | 1.00 | 1.00 |" in (out / "report.md").read_text()
+    assert json.loads((out / "config.json").read_text())["strengths"] == [0.5, 1.0]
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["bench", "--out", "{tmp}"], "give a MANIFEST"),
+    (["bench", "{tmp}/none.jsonl", "--out", "{tmp}"], "none.jsonl' does not exist"),
+    (["bench", "--out", "{tmp}", "--report-only"], "no config.json"),
+    (["bench", "toy:1", "--out", "{tmp}", "--limit", "0"], "--limit"),
+    (["bench", "toy:1", "--out", "{tmp}", "--reader-set", "oops"], "--reader-set expects key=value"),
+])
+def test_errors_name_the_argument(tmp_path, capsys, argv, match):
+    assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
+    assert match in capsys.readouterr().err
