@@ -261,7 +261,7 @@ class Direction:
                                                                  for k, v in self.dc.tensors("dc").items()}}
         meta = {**self.meta, "format_version": FORMAT_VERSION}
         meta_json = json.dumps(meta, sort_keys=True, default=str)
-        header = {"eimsdk": meta_json, "sha256": _tensor_digest(tensors)}
+        header = {"eimsdk": meta_json, "sha256": _tensor_digest(tensors, meta_json)}
         atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
         atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2, sort_keys=True, default=str))
         return path
@@ -288,9 +288,10 @@ class Direction:
         if "eimsdk" not in header or "dz" not in tensors:
             raise DirectionMismatchError(f"{str(path)!r} is a safetensors file but not an eimsdk direction "
                                          "(no 'eimsdk' metadata or no 'dz' tensor)")
-        if header.get("sha256") != _tensor_digest(tensors):
-            raise DirectionMismatchError(f"{str(path)!r} failed its integrity check: the tensors do not match the "
-                                         "digest written at save time (the file was modified); re-create it")
+        if header.get("sha256") != _tensor_digest(tensors, header["eimsdk"]):
+            raise DirectionMismatchError(f"{str(path)!r} failed its integrity check: its tensors or metadata do not "
+                                         "match the digest written at save time (the file was modified); re-create "
+                                         "it with Direction.save or `eimsdk direction find`")
         meta = json.loads(header["eimsdk"])
         if meta.get("format_version", 0) > FORMAT_VERSION:
             raise DirectionMismatchError(f"{str(path)!r} has format version {meta['format_version']}, newer than "
@@ -300,10 +301,11 @@ class Direction:
         return cls(tensors["dz"], dc, meta).to(device)
 
 
-def _tensor_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+def _tensor_digest(tensors: Mapping[str, torch.Tensor], meta_json: str) -> str:
+    """SHA-256 over the metadata JSON and every tensor's name, dtype, shape and bytes."""
     import hashlib
 
-    h = hashlib.sha256()
+    h = hashlib.sha256(meta_json.encode())
     for k in sorted(tensors):
         t = tensors[k].detach().contiguous().cpu()
         h.update(k.encode())

@@ -9,6 +9,8 @@ def register_direction_finders(register):
     register("text", "eimsdk.methods.baselines:TextOnlyFinder", description="text direction only (dz = 0)")
     register("sds", "eimsdk.methods.baselines:SDSFinder", description="first-order SDS gradient direction")
     register("dds", "eimsdk.methods.baselines:DDSFinder", description="first-order Delta Denoising Score direction")
+    register("swap", "eimsdk.methods.baselines:SwapFinder",
+             description="inversion + prompt swap (dz = 0, full inversion to t_edit = 1)")
 
 
 @eimsdk.hookimpl
