@@ -1,8 +1,84 @@
-"""The ground-truth toy world: rendered scenes, exact attribute readers, trained tiny DiTs."""
+"""The ground-truth toy world: rendered scenes, exact attribute readers, trained tiny DiTs.
+
+Importing this module is cheap (no torch): scenes, readers and models load when used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import eimsdk
+from eimsdk.errors import EimsdkError, InputError
+
+if TYPE_CHECKING:
+    import numpy as np
+    from PIL import Image
+
+    from eimsdk_toy.scenes import SceneSpec
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+FAMILIES = ("pixart", "sd3", "flux")
+
+
+class ModelNotTrainedError(EimsdkError, FileNotFoundError):
+    """The shipped toy weights of a family are missing (train them with ``python -m eimsdk_toy.train``)."""
+
+
+def default_model_path(family: str = "pixart") -> Path:
+    """Folder of the shipped toy model of ``family`` (a diffusers pipeline folder; no download)."""
+    if family not in FAMILIES:
+        raise InputError(f"family={family!r} is not a toy family; use one of {list(FAMILIES)}")
+    folder = WEIGHTS_DIR / family
+    if not (folder / "model_index.json").is_file():
+        raise ModelNotTrainedError(
+            f"the toy {family} model is not in {folder}; train it with "
+            f"`python -m eimsdk_toy.train --family {family} --out {WEIGHTS_DIR}` (add --device cuda on a GPU)")
+    return folder
+
+
+def sd3_model_path() -> Path:
+    """Folder of the shipped toy SD3 model."""
+    return default_model_path("sd3")
+
+
+def flux_model_path() -> Path:
+    """Folder of the shipped toy Flux model."""
+    return default_model_path("flux")
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A rendered toy scene with everything known about it."""
+
+    spec: "SceneSpec"
+    caption: str
+    image: "Image.Image"
+    mask: "np.ndarray"  # (H, W) bool, pixels the object touches
+
+    @property
+    def attributes(self) -> dict[str, str]:
+        return self.spec.attributes()
+
+
+def make_scene(seed: int, size: int = 32, **attrs: Any) -> Scene:
+    """The scene of ``seed`` (reproducible), with attributes pinned by keyword, e.g. ``make_scene(0, colour="red")``."""
+    from eimsdk_toy.scenes import caption, make_spec, region_mask, render
+
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise InputError(f"seed={seed!r} is invalid; pass a non-negative integer")
+    spec = make_spec(seed, **attrs)
+    return Scene(spec=spec, caption=caption(spec), image=render(spec, size), mask=region_mask(spec, size))
 
 
 @eimsdk.hookimpl
 def register_readers(register):
     register("toy", "eimsdk_toy.readers:ToyReader", description="exact readers of the toy scenes' attributes")
+
+
+@eimsdk.hookimpl
+def register_models(register):
+    register("toy-pixart", "eimsdk_toy:default_model_path", description="toy PixArt-alpha trained on scenes")
+    register("toy-sd3", "eimsdk_toy:sd3_model_path", description="toy Stable Diffusion 3 trained on scenes")
+    register("toy-flux", "eimsdk_toy:flux_model_path", description="toy FLUX.1 (schnell-like) trained on scenes")

@@ -1,0 +1,166 @@
+"""Tiny models of the real diffusers classes for the toy world, built from configs (no download).
+
+Every family gets the pipeline its real models use, with the same component classes:
+
+- pixart: ``PixArtAlphaPipeline``, ``PixArtTransformer2DModel`` (DDPM eps; 2 x C output channels), T5 encoder;
+- sd3: ``StableDiffusion3Pipeline``, ``SD3Transformer2DModel`` (flow matching), 2 x CLIP with projection + T5;
+- flux: ``FluxPipeline``, ``FluxTransformer2DModel`` (flow matching, 2x2-packed latents), CLIP + T5.
+
+All three share one tiny trained ``AutoencoderKL`` (32x32 RGB <-> 4x16x16 latents, factor 2), so every
+transformer sees 64 image tokens (patch 2 for PixArt/SD3, Flux's 2x2 packing with patch 1). The text encoders
+are random and frozen (seeded, rounded to fp16 so the shipped weights are exactly the trained ones), on the
+offline tokenizers of :mod:`eimsdk.testing.tokenizers`; the transformer learns to read them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from eimsdk.testing.tokenizers import build_clip_tokenizer, build_t5_tokenizer
+
+FAMILIES: tuple[str, ...] = ("pixart", "sd3", "flux")
+PIPELINES: dict[str, str] = {"pixart": "PixArtAlphaPipeline", "sd3": "StableDiffusion3Pipeline",
+                             "flux": "FluxPipeline"}
+IMAGE_SIZE = 32
+LATENT_CHANNELS = 4
+LATENT_SIZE = 16  # IMAGE_SIZE / VAE factor 2
+T5_DIM = 64
+CLIP_MAX_LENGTH = 77
+
+
+def fp16_exact_(module: torch.nn.Module) -> torch.nn.Module:
+    """Round every parameter to the nearest fp16 value, so saving in fp16 loses nothing."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(p.to(torch.float16).to(p.dtype))
+    return module
+
+
+def build_vae(seed: int = 0):
+    """The shared toy VAE: 32x32 RGB <-> (4, 16, 16) latents, no quant convs (like SD3/Flux VAEs)."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        sample_size=IMAGE_SIZE, in_channels=3, out_channels=3, latent_channels=LATENT_CHANNELS,
+        block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        use_quant_conv=False, use_post_quant_conv=False,
+    )
+
+
+def build_t5(seed: int):
+    """A frozen random T5 encoder (d_model 64) on the offline T5 tokenizer (pad 0, eos 1, unk 2)."""
+    from transformers import T5Config, T5EncoderModel
+
+    tok = build_t5_tokenizer(32)
+    config = T5Config(
+        vocab_size=len(tok), d_model=T5_DIM, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=16, dropout_rate=0.0, feed_forward_proj="gated-gelu",
+        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, decoder_start_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    return fp16_exact_(T5EncoderModel(config).eval()).requires_grad_(False), tok
+
+
+def build_clip(seed: int, hidden_size: int, with_projection: bool):
+    """A frozen random CLIP text encoder on the offline byte-level BPE tokenizer (bos/eos/pad ids matching)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    tok = build_clip_tokenizer(CLIP_MAX_LENGTH)
+    config = CLIPTextConfig(
+        vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=CLIP_MAX_LENGTH, projection_dim=hidden_size,
+        hidden_act="gelu", layer_norm_eps=1e-5,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
+    torch.manual_seed(seed)
+    return fp16_exact_(cls(config).eval()).requires_grad_(False), tok
+
+
+def build_transformer(family: str, seed: int):
+    """The family's tiny diffusion transformer (64 image tokens, width 128 = 4 heads x 32)."""
+    from diffusers import FluxTransformer2DModel, PixArtTransformer2DModel, SD3Transformer2DModel
+
+    torch.manual_seed(seed)
+    if family == "pixart":
+        # Standard PixArt shape: out_channels = 2 x in_channels (eps + learned-variance half; the toy trains eps).
+        return PixArtTransformer2DModel(
+            sample_size=LATENT_SIZE, patch_size=2, in_channels=LATENT_CHANNELS, out_channels=2 * LATENT_CHANNELS,
+            num_layers=6, attention_head_dim=32, num_attention_heads=4, cross_attention_dim=128,
+            caption_channels=T5_DIM, attention_bias=True, activation_fn="gelu-approximate",
+            num_embeds_ada_norm=1000, norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6,
+        )
+    if family == "sd3":
+        return SD3Transformer2DModel(
+            sample_size=LATENT_SIZE, patch_size=2, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS,
+            num_layers=6, attention_head_dim=32, num_attention_heads=4, joint_attention_dim=T5_DIM,
+            caption_projection_dim=128, pooled_projection_dim=64, pos_embed_max_size=LATENT_SIZE,
+        )
+    if family == "flux":
+        return FluxTransformer2DModel(
+            patch_size=1, in_channels=4 * LATENT_CHANNELS, num_layers=2, num_single_layers=4,
+            attention_head_dim=32, num_attention_heads=4, joint_attention_dim=T5_DIM, pooled_projection_dim=64,
+            axes_dims_rope=(8, 12, 12), guidance_embeds=False,
+        )
+    raise ValueError(f"family={family!r} is not one of {FAMILIES}")
+
+
+def build_scheduler(family: str):
+    """The sampler saved with the pipeline (the training noise process is the same one)."""
+    from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler
+
+    if family == "pixart":  # PixArt-alpha's own scheduler config
+        return DPMSolverMultistepScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
+                                           num_train_timesteps=1000, prediction_type="epsilon")
+    if family == "sd3":
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    if family == "flux":  # FLUX.1's dynamic (resolution-dependent) shift
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True,
+                                               base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+                                               max_image_seq_len=4096)
+    raise ValueError(f"family={family!r} is not one of {FAMILIES}")
+
+
+def vae_for(family: str, vae):
+    """A copy of the shared VAE with the family's latent convention (PixArt: no shift, like SD VAEs)."""
+    import copy
+
+    out = copy.deepcopy(vae)
+    if family == "pixart":
+        out.register_to_config(shift_factor=None)
+    return out
+
+
+def build_pipeline(family: str, vae, seed: int = 0):
+    """An untrained pipeline of the family around the shared (trained) ``vae``; text encoders are seeded."""
+    import diffusers
+
+    if family not in FAMILIES:
+        raise ValueError(f"family={family!r} is not one of {FAMILIES}")
+    parts: dict[str, Any] = dict(transformer=build_transformer(family, seed), vae=vae_for(family, vae),
+                                 scheduler=build_scheduler(family))
+    if family == "pixart":
+        parts["text_encoder"], parts["tokenizer"] = build_t5(seed + 1)
+    elif family == "sd3":
+        parts["text_encoder"], parts["tokenizer"] = build_clip(seed + 1, 32, with_projection=True)
+        parts["text_encoder_2"], parts["tokenizer_2"] = build_clip(seed + 2, 32, with_projection=True)
+        parts["text_encoder_3"], parts["tokenizer_3"] = build_t5(seed + 3)
+    else:
+        parts["text_encoder"], parts["tokenizer"] = build_clip(seed + 1, 64, with_projection=False)
+        parts["text_encoder_2"], parts["tokenizer_2"] = build_t5(seed + 2)
+    pipe = getattr(diffusers, PIPELINES[family])(**parts)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def sample_kwargs(family: str) -> dict[str, Any]:
+    """Pipeline call arguments every toy model needs (size; PixArt has no resolution bins at this size)."""
+    kw: dict[str, Any] = {"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    if family == "pixart":
+        kw["use_resolution_binning"] = False
+    return kw

@@ -1,0 +1,359 @@
+"""Train the toy world's models from a fixed seed: the shared VAE, then PixArt, SD3 and Flux transformers.
+
+Usage::
+
+    python -m eimsdk_toy.train --family pixart --out DIR [--device cpu|cuda] [--steps N]
+    python -m eimsdk_toy.train --family all --out DIR --device cuda
+
+Each family is written to ``DIR/<family>`` with its pipeline's ``save_pretrained`` (fp16), loadable with
+``PixArtAlphaPipeline`` / ``StableDiffusion3Pipeline`` / ``FluxPipeline.from_pretrained``, together with
+``train_log.jsonl`` (one line per logged step) and ``training.json`` (config, parameter counts, seconds).
+A transformer family needs the shared VAE: ``DIR/vae`` if present, else the shipped one, else it is trained
+first into ``DIR/vae``. Objectives follow the real models: DDPM eps-prediction on PixArt's linear beta
+schedule (min-SNR-5 weighted); rectified flow (velocity ``eps - z0``, logit-normal noise levels shifted like the
+sampler) for SD3 and Flux. Text encoders are frozen, so every caption is encoded once, with the pipeline's own
+``encode_prompt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+from eimsdk.errors import InputError
+from eimsdk_toy.models import FAMILIES, LATENT_CHANNELS, LATENT_SIZE, build_pipeline, build_vae, fp16_exact_
+from eimsdk_toy.scenes import caption, random_spec, render
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+# Default (steps, batch size) per device type. CPU: each family in under two hours on a 2-core CPU; CUDA: the
+# VAE and all three families in about ten minutes on one H100 (docs/toy-world.md has the measured times).
+DEFAULTS: dict[str, dict[str, tuple[int, int]]] = {
+    "cpu": {"vae": (1500, 64), "pixart": (6000, 64), "sd3": (2000, 32), "flux": (1200, 32)},
+    "cuda": {"vae": (1500, 64), "pixart": (6000, 256), "sd3": (3000, 256), "flux": (3000, 256)},
+}
+
+
+class TrainConfig(BaseModel):
+    """One training run. Bounds reject nonsense at construction."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    family: Literal["vae", "pixart", "sd3", "flux"]
+    steps: int = Field(0, ge=0, le=1_000_000, description="optimiser steps; 0 = the default for family and device")
+    batch_size: int = Field(0, ge=0, le=4096, description="0 = the default for family and device")
+    lr: float = Field(5e-4, gt=0, le=0.1)
+    warmup: int = Field(200, ge=0, le=100_000)
+    ema: float = Field(0.999, ge=0, lt=1, description="EMA decay of the saved transformer weights")
+    caption_dropout: float = Field(0.1, ge=0, le=1, description="share of empty captions (for guidance)")
+    pool: int = Field(16384, ge=64, le=1_000_000, description="rendered scenes to train on")
+    kl_weight: float = Field(1e-6, ge=0, le=1, description="VAE only")
+    snr_gamma: float = Field(5.0, ge=0, le=100, description="min-SNR loss weighting for DDPM (PixArt); 0 = off")
+    seed: int = Field(0, ge=0)
+    device: str = "cpu"
+    log_every: int = Field(25, ge=1)
+
+    def _default(self) -> tuple[int, int]:
+        return DEFAULTS["cuda" if self.device.startswith("cuda") else "cpu"][self.family]
+
+    def total_steps(self) -> int:
+        return self.steps or self._default()[0]
+
+    def batch(self) -> int:
+        return self.batch_size or self._default()[1]
+
+
+# ----------------------------------------------------------------------------------------------- data
+def render_pool(n: int, seed: int) -> tuple[torch.Tensor, list[str]]:
+    """``n`` seeded random scenes: pixels (n, 3, 32, 32) in [-1, 1] and their captions."""
+    rng = np.random.default_rng(seed)
+    specs = [random_spec(rng) for _ in range(n)]
+    pixels = np.stack([np.asarray(render(s), dtype=np.float32) for s in specs])  # (n, H, W, 3)
+    return torch.from_numpy(pixels / 127.5 - 1.0).permute(0, 3, 1, 2).contiguous(), [caption(s) for s in specs]
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+    total = cfg.total_steps()
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    frac = (step - cfg.warmup) / max(1, total - cfg.warmup)
+    return cfg.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * frac)))
+
+
+class _Log:
+    """tqdm progress bar plus a JSONL loss log; losses stay on the device between logged steps (no sync)."""
+
+    def __init__(self, path: Path, total: int, desc: str, every: int) -> None:
+        from tqdm.auto import tqdm
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = path.open("w")
+        self.bar = tqdm(total=total, desc=desc, dynamic_ncols=True, mininterval=2.0)
+        self.every = every
+        self.start = time.perf_counter()
+        self.running: torch.Tensor | None = None
+
+    def step(self, step: int, loss: torch.Tensor, lr: float) -> None:
+        loss = loss.detach().float()
+        self.running = loss if self.running is None else 0.98 * self.running + 0.02 * loss
+        self.bar.update(1)
+        if step % self.every == 0 or step == self.bar.total - 1:
+            running = self.running.item()
+            self.bar.set_postfix(loss=f"{running:.4f}")
+            row = {"step": step, "loss": loss.item(), "loss_ema": running, "lr": lr,
+                   "seconds": round(time.perf_counter() - self.start, 2)}
+            self.file.write(json.dumps(row) + "\n")
+            self.file.flush()
+
+    def close(self) -> float:
+        self.bar.close()
+        self.file.close()
+        return time.perf_counter() - self.start
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+# ----------------------------------------------------------------------------------------------- VAE
+def train_vae(cfg: TrainConfig, out: Path):
+    """Train the shared AutoencoderKL on rendered scenes; set its latent scaling/shift from the data; save."""
+    device = torch.device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    pixels, _ = render_pool(cfg.pool, cfg.seed)
+    pixels = pixels.to(device)
+    vae = build_vae(cfg.seed).to(device).train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
+    gen = torch.Generator(device).manual_seed(cfg.seed)
+    total = cfg.total_steps()
+    log = _Log(out / "train_log.jsonl", total, "vae", cfg.log_every)
+    for step in range(total):
+        lr = lr_at(step, cfg)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        x = pixels[torch.randint(0, len(pixels), (cfg.batch(),), device=device, generator=gen)]  # (B, 3, H, W)
+        with _autocast(device):
+            posterior = vae.encode(x).latent_dist
+            rec = vae.decode(posterior.sample(generator=gen)).sample
+        rec = rec.float()
+        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + cfg.kl_weight * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        log.step(step, loss, lr)
+    seconds = log.close()
+    vae = fp16_exact_(vae.eval())
+    with torch.no_grad():
+        mean = torch.cat([vae.encode(c).latent_dist.mean for c in pixels.split(512)])  # (N, C, h, w)
+    vae.register_to_config(shift_factor=round(float(mean.mean()), 4),
+                           scaling_factor=round(float(1.0 / mean.std()), 4))
+    vae.to(torch.float16).save_pretrained(out)
+    _write_summary(out, cfg, seconds, {"vae": vae})
+    return vae.to(torch.float32)
+
+
+def load_or_train_vae(out_root: Path, cfg: TrainConfig):
+    """The shared VAE: ``out_root/vae``, else the shipped one, else trained now into ``out_root/vae``."""
+    from diffusers import AutoencoderKL
+
+    for folder in (out_root / "vae", WEIGHTS_DIR / "vae"):
+        if (folder / "config.json").is_file():
+            return AutoencoderKL.from_pretrained(folder, torch_dtype=torch.float32)
+    vae_cfg = cfg.model_copy(update={"family": "vae", "steps": 0, "lr": 1e-3, "warmup": 100})
+    return train_vae(vae_cfg, out_root / "vae")
+
+
+# ----------------------------------------------------------------------------------------------- captions
+@torch.no_grad()
+def encode_captions(pipe, family: str, captions: list[str], device: torch.device) -> dict[str, torch.Tensor]:
+    """Every caption through the pipeline's own ``encode_prompt`` (exactly what sampling feeds the model)."""
+    rows: list[dict[str, torch.Tensor]] = []
+    for i in range(0, len(captions), 64):
+        chunk = captions[i:i + 64]
+        if family == "pixart":
+            embeds, mask, _, _ = pipe.encode_prompt(chunk, do_classifier_free_guidance=False, device=device)
+            rows.append({"prompt_embeds": embeds, "mask": mask})
+        elif family == "sd3":
+            embeds, _, pooled, _ = pipe.encode_prompt(chunk, chunk, chunk, device=device,
+                                                      do_classifier_free_guidance=False)
+            rows.append({"prompt_embeds": embeds, "pooled": pooled})
+        else:
+            embeds, pooled, _ = pipe.encode_prompt(chunk, chunk, device=device)
+            rows.append({"prompt_embeds": embeds, "pooled": pooled})
+    return {k: torch.cat([r[k] for r in rows]).float() for k in rows[0]}
+
+
+# ----------------------------------------------------------------------------------------------- objectives
+def flow_shift(family: str, scheduler) -> float:
+    """The sampler's timestep shift at the toy resolution (Flux: resolution-dependent, from 64 image tokens)."""
+    cfg = scheduler.config
+    if not cfg.use_dynamic_shifting:
+        return float(cfg.shift)
+    tokens = (LATENT_SIZE // 2) ** 2  # latents packed 2x2
+    m = (cfg.max_shift - cfg.base_shift) / (cfg.max_image_seq_len - cfg.base_image_seq_len)
+    return math.exp(cfg.base_shift + m * (tokens - cfg.base_image_seq_len))
+
+
+def diffusion_loss(family: str, transformer, z0: torch.Tensor, cond: dict[str, torch.Tensor],
+                   gen: torch.Generator, alphas_cumprod: torch.Tensor | None, shift: float,
+                   snr_gamma: float = 0.0) -> torch.Tensor:
+    """One batch of the family's training objective on scaled latents ``z0`` (B, C, 16, 16)."""
+    b = z0.shape[0]
+    eps = torch.randn(z0.shape, device=z0.device, generator=gen)
+    if family == "pixart":  # DDPM: predict eps at an integer timestep
+        t = torch.randint(0, len(alphas_cumprod), (b,), device=z0.device, generator=gen)
+        ab = alphas_cumprod[t].view(b, 1, 1, 1)
+        z_t = ab.sqrt() * z0 + (1 - ab).sqrt() * eps
+        out = transformer(z_t, encoder_hidden_states=cond["prompt_embeds"], encoder_attention_mask=cond["mask"],
+                          timestep=t, added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample
+        err = (out[:, :LATENT_CHANNELS].float() - eps).pow(2).mean(dim=(1, 2, 3))  # (B,)
+        if snr_gamma > 0:  # min-SNR-gamma (Hang et al., 2023): caps the weight of nearly clean timesteps
+            snr = ab.view(b) / (1 - ab.view(b))
+            err = err * snr.clamp(max=snr_gamma) / snr
+        return err.mean()
+    # Rectified flow: z_t = (1 - s) z0 + s eps, velocity eps - z0; s logit-normal, shifted like the sampler.
+    s = torch.sigmoid(torch.randn(b, device=z0.device, generator=gen))
+    s = shift * s / (1 + (shift - 1) * s)
+    sv = s.view(b, 1, 1, 1)
+    z_t = (1 - sv) * z0 + sv * eps
+    target = eps - z0
+    if family == "sd3":
+        out = transformer(hidden_states=z_t, encoder_hidden_states=cond["prompt_embeds"],
+                          pooled_projections=cond["pooled"], timestep=s * 1000).sample
+        return F.mse_loss(out.float(), target)
+    from diffusers import FluxPipeline
+
+    c, h, w = z0.shape[1:]
+    packed = FluxPipeline._pack_latents(z_t, b, c, h, w)  # (B, h*w/4, 4C)
+    img_ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, z0.device, z0.dtype)
+    txt_ids = torch.zeros(cond["prompt_embeds"].shape[1], 3, device=z0.device, dtype=z0.dtype)
+    out = transformer(hidden_states=packed, timestep=s, pooled_projections=cond["pooled"],
+                      encoder_hidden_states=cond["prompt_embeds"], txt_ids=txt_ids, img_ids=img_ids).sample
+    return F.mse_loss(out.float(), FluxPipeline._pack_latents(target, b, c, h, w))
+
+
+def train_family(cfg: TrainConfig, out_root: Path, vae=None) -> Path:
+    """Train one transformer family into ``out_root/<family>``; returns that folder."""
+    device = torch.device(cfg.device)
+    out = out_root / cfg.family
+    vae = vae if vae is not None else load_or_train_vae(out_root, cfg)
+    pipe = build_pipeline(cfg.family, vae.to(torch.float32), seed=cfg.seed).to(device)
+    transformer = pipe.transformer.train()
+
+    pixels, captions = render_pool(cfg.pool, cfg.seed + 1)
+    table_captions = sorted(set(captions)) + [""]
+    index = {c: i for i, c in enumerate(table_captions)}
+    cap_idx = torch.tensor([index[c] for c in captions], device=device)  # (N,)
+    table = encode_captions(pipe, cfg.family, table_captions, device)
+    with torch.no_grad():
+        dist = [pipe.vae.encode(c.to(device)).latent_dist for c in pixels.split(512)]
+    lat_mean = torch.cat([d.mean for d in dist])  # (N, C, 16, 16)
+    lat_std = torch.cat([d.std for d in dist])
+    shift_factor = pipe.vae.config.shift_factor or 0.0
+    scaling = pipe.vae.config.scaling_factor
+    alphas_cumprod = pipe.scheduler.alphas_cumprod.to(device) if cfg.family == "pixart" else None
+    shift = flow_shift(cfg.family, pipe.scheduler) if cfg.family != "pixart" else 1.0
+
+    ema = [p.detach().clone() for p in transformer.parameters()]
+    opt = torch.optim.AdamW(transformer.parameters(), lr=cfg.lr, weight_decay=0.0)
+    gen = torch.Generator(device).manual_seed(cfg.seed)
+    total = cfg.total_steps()
+    log = _Log(out / "train_log.jsonl", total, cfg.family, cfg.log_every)
+    for step in range(total):
+        lr = lr_at(step, cfg)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        idx = torch.randint(0, len(pixels), (cfg.batch(),), device=device, generator=gen)
+        noise = torch.randn(lat_mean[idx].shape, device=device, generator=gen)
+        z0 = (lat_mean[idx] + lat_std[idx] * noise - shift_factor) * scaling  # (B, C, 16, 16)
+        drop = torch.rand(cfg.batch(), device=device, generator=gen) < cfg.caption_dropout
+        rows = torch.where(drop, torch.full_like(cap_idx[idx], len(table_captions) - 1), cap_idx[idx])
+        cond = {k: v[rows] for k, v in table.items()}
+        with _autocast(device):
+            loss = diffusion_loss(cfg.family, transformer, z0, cond, gen, alphas_cumprod, shift, cfg.snr_gamma)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
+        opt.step()
+        decay = min(cfg.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            torch._foreach_lerp_(ema, [p.detach() for p in transformer.parameters()], 1 - decay)
+        log.step(step, loss, lr)
+    seconds = log.close()
+
+    with torch.no_grad():
+        for p, e in zip(transformer.parameters(), ema):
+            p.copy_(e)
+    fp16_exact_(transformer.eval())
+    pipe.to("cpu", torch.float16).save_pretrained(out)
+    _write_summary(out, cfg, seconds, {k: v for k, v in pipe.components.items() if hasattr(v, "parameters")})
+    return out
+
+
+def _write_summary(out: Path, cfg: TrainConfig, seconds: float, modules: dict[str, Any]) -> None:
+    summary = {"config": cfg.model_dump(), "steps": cfg.total_steps(), "batch_size": cfg.batch(),
+               "seconds": round(seconds, 1),
+               "seconds_per_step": round(seconds / max(1, cfg.total_steps()), 4),
+               "parameters": {k: sum(p.numel() for p in m.parameters()) for k, m in modules.items()},
+               "torch": torch.__version__}
+    (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def train(family: str, out: str | Path = WEIGHTS_DIR, **overrides: Any) -> list[Path]:
+    """Train ``family`` ("vae", "pixart", "sd3", "flux" or "all") into ``out``; returns the folders written."""
+    if family not in ("vae", "all", *FAMILIES):
+        raise InputError(f"family={family!r} is not one of vae, pixart, sd3, flux, all")
+    if overrides.get("device", "cpu").startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device={overrides['device']!r} but CUDA is not available here; pass --device cpu")
+    out = Path(out)
+    if overrides.get("device", "cpu").startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if family == "vae":
+        train_vae(TrainConfig(family="vae", **{"lr": 1e-3, "warmup": 100, **overrides}), out / "vae")
+        return [out / "vae"]
+    families = FAMILIES if family == "all" else (family,)
+    vae = None
+    written = []
+    for fam in families:
+        cfg = TrainConfig(family=fam, **overrides)
+        vae = vae if vae is not None else load_or_train_vae(out, cfg)
+        written.append(train_family(cfg, out, vae))
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m eimsdk_toy.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--family", required=True, choices=["vae", *FAMILIES, "all"])
+    p.add_argument("--out", default=str(WEIGHTS_DIR), help="root folder; each family goes to OUT/<family> "
+                   "(default: the package's shipped weights)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--steps", type=int, default=0, help="optimiser steps (default per family and device: "
+                   f"{DEFAULTS})")
+    p.add_argument("--batch-size", type=int, default=0, help="batch size (default per family and device)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 5e-4; VAE 1e-3)")
+    p.add_argument("--pool", type=int, default=16384, help="number of rendered training scenes")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    overrides = dict(steps=args.steps, batch_size=args.batch_size, pool=args.pool, seed=args.seed, device=args.device)
+    if args.lr is not None:
+        overrides["lr"] = args.lr
+    for folder in train(args.family, args.out, **overrides):
+        print(f"wrote {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,85 @@
+"""Toy training: a 20-step run of each family writes a folder its diffusers pipeline loads and samples."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+import diffusers
+from eimsdk.errors import InputError
+from eimsdk_toy.models import FAMILIES, PIPELINES, sample_kwargs
+from eimsdk_toy.train import TrainConfig, train
+
+SMALL = dict(batch_size=2, pool=64, log_every=5)
+
+
+@pytest.fixture(scope="module")
+def out_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy")
+    (vae_dir,) = train("vae", root, steps=3, **SMALL)
+    assert (vae_dir / "config.json").is_file()
+    config = json.loads((vae_dir / "config.json").read_text())
+    assert config["scaling_factor"] > 0 and config["shift_factor"] is not None
+    return root
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_smoke_training_writes_a_loadable_pipeline(out_root, family):
+    (folder,) = train(family, out_root, steps=20, **SMALL)
+    assert folder == out_root / family
+    rows = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 5, 10, 15, 19]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    summary = json.loads((folder / "training.json").read_text())
+    assert summary["steps"] == 20 and summary["parameters"]["transformer"] > 100_000
+
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == PIPELINES[family]
+    pipe = getattr(diffusers, PIPELINES[family]).from_pretrained(folder, torch_dtype=torch.float32)
+    assert pipe.transformer.dtype == torch.float32
+    stored = next(p for n, p in pipe.transformer.named_parameters())
+    assert torch.equal(stored, stored.half().float()), "weights are saved as exact fp16 values"
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe("a large red circle at the top left on a black background", num_inference_steps=2,
+                 generator=torch.Generator().manual_seed(0), output_type="pt", **sample_kwargs(family)).images
+    assert image.shape == (1, 3, 32, 32)
+    assert torch.isfinite(image).all()
+
+
+def test_config_bounds_and_bad_arguments(tmp_path):
+    with pytest.raises(ValidationError):
+        TrainConfig(family="pixart", batch_size=-1)
+    with pytest.raises(ValidationError):
+        TrainConfig(family="pixart", lr=-1.0)
+    with pytest.raises(ValidationError):
+        TrainConfig(family="dalle")
+    cpu, cuda = TrainConfig(family="sd3"), TrainConfig(family="sd3", device="cuda")
+    assert 0 < cpu.total_steps() <= cuda.total_steps() and 0 < cpu.batch() <= cuda.batch()
+    assert TrainConfig(family="sd3", steps=7, batch_size=3).total_steps() == 7
+    with pytest.raises(InputError, match="family"):
+        train("dalle", tmp_path)
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="cuda"):
+            train("pixart", tmp_path, device="cuda")
+
+
+def test_default_model_path_and_registered_models(tmp_path, monkeypatch):
+    import eimsdk_toy
+    from eimsdk.editor import resolve_model
+    from eimsdk.plugins import PluginManager
+
+    monkeypatch.setattr(eimsdk_toy, "WEIGHTS_DIR", tmp_path)
+    with pytest.raises(eimsdk_toy.ModelNotTrainedError, match="eimsdk_toy.train --family sd3"):
+        eimsdk_toy.default_model_path("sd3")
+    with pytest.raises(InputError, match="family"):
+        eimsdk_toy.default_model_path("dalle")
+    (tmp_path / "sd3").mkdir()
+    (tmp_path / "sd3" / "model_index.json").write_text("{}")
+    assert eimsdk_toy.default_model_path("sd3") == tmp_path / "sd3"
+
+    pm = PluginManager()
+    assert {"toy-pixart", "toy-sd3", "toy-flux"} <= set(pm.components["model"])
+    assert resolve_model("toy-sd3", pm) == str(tmp_path / "sd3")
