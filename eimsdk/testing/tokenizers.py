@@ -57,8 +57,24 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, map(chr, cs)))
 
 
+def _bpe(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Apply BPE merges by rank, as the tokenizer does."""
+    while len(symbols) > 1:
+        pairs = [(ranks.get(p, 1 << 30), i) for i, p in enumerate(zip(symbols, symbols[1:]))]
+        rank, i = min(pairs)
+        if rank == 1 << 30:
+            break
+        symbols = symbols[:i] + [symbols[i] + symbols[i + 1]] + symbols[i + 2 :]
+    return symbols
+
+
 def clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """Byte-level BPE vocabulary: bytes, bytes + ``</w>``, merges that spell each word, then specials."""
+    """Byte-level BPE vocabulary: bytes, bytes + ``</w>``, merges that make each word one token, then specials.
+
+    Merges are added word by word: BPE (by rank) is run on the word with the merges so far, and the pieces it
+    leaves are joined left to right by new merges, so every word of :data:`WORDS` ends as a single token whatever
+    merges earlier words added.
+    """
     alphabet = list(_bytes_to_unicode().values())
     vocab: dict[str, int] = {}
     for sym in alphabet:
@@ -66,20 +82,15 @@ def clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     for sym in alphabet:
         vocab[sym + "</w>"] = len(vocab)
     merges: list[tuple[str, str]] = []
+    ranks: dict[tuple[str, str], int] = {}
     for word in WORDS:
-        if len(word) < 2:
-            continue
-        # Left-to-right merges: "r e" -> "re", "re d</w>" -> "red</w>".
-        cur = word[0]
-        for i, ch in enumerate(word[1:], start=1):
-            nxt = ch + ("</w>" if i == len(word) - 1 else "")
-            merged = cur + nxt
-            pair = (cur, nxt)
-            if pair not in merges:
-                merges.append(pair)
-            if merged not in vocab:
-                vocab[merged] = len(vocab)
-            cur = merged
+        pieces = _bpe(list(word[:-1]) + [word[-1] + "</w>"], ranks)
+        while len(pieces) > 1:
+            pair = (pieces[0], pieces[1])
+            ranks[pair] = len(merges)
+            merges.append(pair)
+            vocab.setdefault(pair[0] + pair[1], len(vocab))
+            pieces = _bpe(pieces, ranks)
     for special in ("<|startoftext|>", "<|endoftext|>"):
         vocab[special] = len(vocab)
     return vocab, merges
