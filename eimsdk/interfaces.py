@@ -227,6 +227,56 @@ class Encoder(ABC):
                            original_sizes=original)
 
 
+class FlowMatchingEncoder(Encoder):
+    """Base for rectified-flow families (SD3, Flux): ``z_t = (1 - t) z0 + t eps`` and a velocity ``v = eps - z0``.
+
+    Subclasses implement :meth:`_predict_velocity` (one batched transformer call); this class turns it into the
+    common ``eps_hat = z_t + (1 - t) v`` and steps the ODE with Euler, ``z + (t_next - t) v``: the base class's DDIM
+    step written without dividing by ``a(t) = 1 - t``, which is 0 at t = 1 (full inversion, sampling from noise).
+    """
+
+    def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rectified flow: ``a = 1 - t``, ``s = t`` (exactly (1, 0) at t = 0)."""
+        t = torch.as_tensor(t, dtype=torch.float32)
+        return 1.0 - t, t.clone()
+
+    @abstractmethod
+    def _predict_velocity(self, z_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """One batched, differentiable transformer call returning the velocity ``v``; no guidance, no counting."""
+
+    def _predict_eps(self, z_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """``eps_hat = z_t + (1 - t) v``, computed in at least float32, returned in ``z_t``'s dtype."""
+        work = torch.promote_types(z_t.dtype, torch.float32)
+        v = self._predict_velocity(z_t, t, cond)
+        one_minus_t = (1.0 - t.to(work)).reshape(-1, *([1] * (z_t.ndim - 1)))
+        return (z_t.to(work) + one_minus_t * v.to(work)).to(z_t.dtype)
+
+    def predict_velocity(self, z_t: torch.Tensor, t: torch.Tensor | float, cond: Conditioning, *,
+                         guidance_scale: float = 1.0, uncond: Conditioning | None = None) -> torch.Tensor:
+        """The flow velocity ``v``, with classifier-free guidance when ``guidance_scale != 1``; counted.
+
+        Equal to ``(eps_hat - z_t) / (1 - t)`` but defined at t = 1 too, where ``eps_hat = z_t`` carries no
+        information. Guidance is linear, so guiding ``v`` equals guiding ``eps_hat``.
+        """
+        b = z_t.shape[0]
+        t = self._as_t(t, b, z_t)
+        cond = cond.expand_to(b)
+        if guidance_scale == 1.0:
+            self.counter.forwards += b
+            return self._predict_velocity(z_t, t, cond)
+        uncond = (uncond if uncond is not None else self.null_conditioning(b)).expand_to(b)
+        self.counter.forwards += 2 * b
+        v_uncond, v_cond = self._predict_velocity(torch.cat([z_t, z_t]), torch.cat([t, t]),
+                                                  _pad_cat(uncond, cond)).chunk(2)
+        return v_uncond + guidance_scale * (v_cond - v_uncond)
+
+    def _ddim_step(self, z: torch.Tensor, t: float, t_next: float, cond: Conditioning, **kw: Any) -> torch.Tensor:
+        """Euler step of the flow ODE, ``z + (t_next - t) v``, in at least float32."""
+        work = torch.promote_types(z.dtype, torch.float32)
+        v = self.predict_velocity(z, t, cond, **kw)
+        return (z.to(work) + (t_next - t) * v.to(work)).to(z.dtype)
+
+
 def _pad_cat(a: Conditioning, b: Conditioning) -> Conditioning:
     return Conditioning.cat([a, b])
 

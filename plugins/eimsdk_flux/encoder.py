@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from eimsdk.errors import InputError
 from eimsdk.images import model_size
-from eimsdk.interfaces import Encoder
+from eimsdk.interfaces import FlowMatchingEncoder
 from eimsdk.records import Conditioning
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
@@ -59,7 +59,7 @@ def image_ids(hp: int, wp: int, device: torch.device, dtype: torch.dtype) -> tor
     return rearrange(ids, "h w c -> (h w) c").to(device=device, dtype=dtype)
 
 
-class FluxEncoder(Encoder):
+class FluxEncoder(FlowMatchingEncoder):
     """FLUX.1-dev / FLUX.1-schnell: VAE, CLIP (pooled) + T5 text encoders, flow-matching transformer."""
 
     family = "flux"
@@ -221,10 +221,6 @@ class FluxEncoder(Encoder):
         return self.text_encoder(ids.to(self.device), output_hidden_states=False).pooler_output
 
     # ------------------------------------------------------------------------------------------------ noise path
-    def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        t = torch.as_tensor(t, dtype=torch.float32)
-        return 1.0 - t, t
-
     def timesteps(self, num_steps: int, t_start: float = 1.0, *, latents: torch.Tensor | None = None) -> torch.Tensor:
         """The pipeline's sigmas: a uniform grid shifted by the scheduler (by ``mu`` from the image sequence length
         when ``use_dynamic_shifting``); equal to the pipeline's for ``t_start = 1``. For ``t_start < 1`` the uniform
@@ -270,40 +266,6 @@ class FluxEncoder(Encoder):
         return 1.0 / (1.0 + scale * (1.0 / s - 1.0))
 
     # ------------------------------------------------------------------------------------------------ prediction
-    def _predict_eps(self, z_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        """``eps_hat = z_t + (1 - t) v``; differentiable w.r.t. ``z_t`` and every embedding in ``cond``."""
-        v = self._predict_velocity(z_t, t, cond)
-        return z_t + _per_item(1.0 - t, z_t) * v
-
-    def predict_velocity(self, z_t: torch.Tensor, t: torch.Tensor | float, cond: Conditioning, *,
-                         guidance_scale: float = 1.0, uncond: Conditioning | None = None) -> torch.Tensor:
-        """The flow velocity ``v`` at unpacked ``z_t``, with true CFG when ``guidance_scale != 1``; counted.
-
-        Equal to ``(eps_hat - z_t) / (1 - t)`` but defined at t = 1 too, where ``eps_hat = z_t`` carries no
-        information. Guidance is linear, so guiding ``v`` equals guiding ``eps_hat``.
-        """
-        b = z_t.shape[0]
-        t = self._as_t(t, b, z_t)
-        cond = cond.expand_to(b)
-        if guidance_scale == 1.0:
-            self.counter.forwards += b
-            return self._predict_velocity(z_t, t, cond)
-        uncond = (uncond if uncond is not None else self.null_conditioning(b)).expand_to(b)
-        self.counter.forwards += 2 * b
-        v_uncond, v_cond = self._predict_velocity(torch.cat([z_t, z_t]), torch.cat([t, t]),
-                                                  Conditioning.cat([uncond, cond])).chunk(2)
-        return v_uncond + guidance_scale * (v_cond - v_uncond)
-
-    def _ddim_step(self, z: torch.Tensor, t: float, t_next: float, cond: Conditioning, **kw: Any) -> torch.Tensor:
-        """Euler step of the flow ODE, ``z + (t_next - t) v``, in at least float32.
-
-        It is the base class's DDIM step ``a' x0_hat + s' eps_hat`` written without dividing by ``a(t) = 1 - t``,
-        which is 0 at t = 1 (full inversion and sampling from pure noise).
-        """
-        work = torch.promote_types(z.dtype, torch.float32)
-        v = self.predict_velocity(z, t, cond, **kw)
-        return (z.to(work) + (t_next - t) * v.to(work)).to(z.dtype)
-
     def _predict_velocity(self, z_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """The transformer's velocity at unpacked ``z_t`` (B, C, h, w): pack in, unpack out."""
         _check_latents(z_t, self.latent_channels)
@@ -420,11 +382,6 @@ class FluxEncoder(Encoder):
                 raise InputError(f"negative_prompts must be {len(prompts)} string(s), one per prompt, got "
                                  f"{negative_prompts!r}")
         return prompts, negative_prompts
-
-
-def _per_item(values: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """(B,) -> (B, 1, 1, 1) in ``ref``'s dtype and device, to scale latents per item."""
-    return values.to(ref.device, ref.dtype).reshape(-1, *([1] * (ref.ndim - 1)))
 
 
 def _check_number(value: Any, name: str) -> float:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from eimsdk.errors import InputError
-from eimsdk.interfaces import Encoder
+from eimsdk.interfaces import FlowMatchingEncoder
 from eimsdk.records import Conditioning
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ COMPONENTS = ("transformer", "scheduler", "vae", "text_encoder", "tokenizer", "t
               "text_encoder_3", "tokenizer_3")
 
 
-class SD3Encoder(Encoder):
+class SD3Encoder(FlowMatchingEncoder):
     """Stable Diffusion 3 / 3.5 through eimsdk's Encoder interface.
 
     >>> encoder = SD3Encoder.from_pretrained("stabilityai/stable-diffusion-3.5-medium", device="cuda",
@@ -224,10 +224,6 @@ class SD3Encoder(Encoder):
         return self.text_encoder_3(ids.to(self.device))[0].to(dtype=self.text_encoder_3.dtype)
 
     # ----------------------------------------------------------------------------------------------- noise path
-    def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rectified flow: ``a = 1 - t``, ``s = t`` (exactly (1, 0) at t = 0)."""
-        return 1.0 - t, t.clone()
-
     def timesteps(self, num_steps: int, t_start: float = 1.0, *, latents: torch.Tensor | None = None) -> torch.Tensor:
         """``num_steps + 1`` sigmas from ``t_start`` to 0: a uniform grid pushed through the scheduler's shift.
 
@@ -281,44 +277,8 @@ class SD3Encoder(Encoder):
             return_dict=False,
         )[0]
 
-    def _predict_v(self, z_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+    def _predict_velocity(self, z_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         return self._transformer(z_t, t * self.scheduler.config.num_train_timesteps, cond)
-
-    def _predict_eps(self, z_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        """``eps_hat = z_t + (1 - t) v``, in at least float32, returned in ``z_t``'s dtype."""
-        work = torch.promote_types(z_t.dtype, torch.float32)
-        v = self._predict_v(z_t, t, cond)  # (B, C, h, w)
-        one_minus_t = (1.0 - t.to(work)).view(-1, 1, 1, 1)
-        return (z_t.to(work) + one_minus_t * v.to(work)).to(z_t.dtype)
-
-    def predict_velocity(self, z_t: torch.Tensor, t: torch.Tensor | float, cond: Conditioning, *,
-                         guidance_scale: float = 1.0, uncond: Conditioning | None = None) -> torch.Tensor:
-        """The flow velocity ``v``, with classifier-free guidance when ``guidance_scale != 1``; counted.
-
-        Equal to ``(eps_hat - z_t) / (1 - t)`` but defined at t = 1 too, where ``eps_hat = z_t`` carries no
-        information. Guidance is linear, so guiding ``v`` equals guiding ``eps_hat``.
-        """
-        b = z_t.shape[0]
-        t = self._as_t(t, b, z_t)
-        cond = cond.expand_to(b)
-        if guidance_scale == 1.0:
-            self.counter.forwards += b
-            return self._predict_v(z_t, t, cond)
-        uncond = (uncond if uncond is not None else self.null_conditioning(b)).expand_to(b)
-        self.counter.forwards += 2 * b
-        v_uncond, v_cond = self._predict_v(torch.cat([z_t, z_t]), torch.cat([t, t]),
-                                           Conditioning.cat([uncond, cond])).chunk(2)
-        return v_uncond + guidance_scale * (v_cond - v_uncond)
-
-    def _ddim_step(self, z: torch.Tensor, t: float, t_next: float, cond: Conditioning, **kw: Any) -> torch.Tensor:
-        """Euler step of the flow ODE, ``z + (t_next - t) v``, in at least float32.
-
-        It is the base class's DDIM step ``a' x0_hat + s' eps_hat`` written without dividing by ``a(t) = 1 - t``,
-        which is 0 at t = 1 (full inversion and sampling from pure noise).
-        """
-        work = torch.promote_types(z.dtype, torch.float32)
-        v = self.predict_velocity(z, t, cond, **kw)
-        return (z.to(work) + (t_next - t) * v.to(work)).to(z.dtype)
 
     # ----------------------------------------------------------------------------------------------- generation
     def check_inputs(self, prompts: Sequence[str], height: int, width: int, num_inference_steps: int,
