@@ -154,6 +154,38 @@ def test_generate_matches_diffusers_on_a_folder_saved_by_plain_diffusers(kind, t
     _assert_parity(encoder, _load_pipeline(tmp_path), steps=4, guidance=3.0, size=32)
 
 
+def _with_prediction_type(path, prediction_type: str):
+    pipe = _load_pipeline(path)
+    pipe.scheduler = diffusers.DPMSolverMultistepScheduler.from_config(pipe.scheduler.config,
+                                                                       prediction_type=prediction_type)
+    return pipe
+
+
+def test_v_prediction_checkpoints_match_diffusers_and_convert_to_eps(tiny_paths, tmp_path):
+    pipe = _with_prediction_type(tiny_paths["pixart"], "v_prediction")
+    pipe.save_pretrained(str(tmp_path))
+    encoder = PixArtEncoder.from_pretrained(str(tmp_path))
+    _assert_parity(encoder, _load_pipeline(tmp_path), steps=3, guidance=4.5, size=32)
+
+    # eps_hat = a v + s z: the eps the DDPM identity z = a x0 + s eps implies for the predicted v.
+    cond = encoder.encode_prompts(PROMPTS[:1])
+    z = torch.randn(1, 4, 8, 8, generator=_seed(0))
+    with torch.no_grad():
+        ours = encoder.predict_eps(z, 0.25, cond)
+        v = encoder.transformer(z, encoder_hidden_states=cond.embeds["prompt_embeds"],
+                                encoder_attention_mask=cond.masks["prompt_embeds"], timestep=torch.tensor([249]),
+                                added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample[:, :4]
+    a, s = encoder.alpha_sigma(torch.tensor([0.25]))
+    torch.testing.assert_close(ours, a * v + s * z)
+    assert (ours - v).abs().max() > 1e-2  # the conversion is not the identity here
+
+
+def test_unsupported_prediction_type_is_refused_with_the_supported_ones(tiny_paths, tmp_path):
+    _with_prediction_type(tiny_paths["pixart"], "sample").save_pretrained(str(tmp_path))
+    with pytest.raises(InputError, match="prediction_type='sample'.*v_prediction"):
+        PixArtEncoder.from_pretrained(str(tmp_path))
+
+
 # ------------------------------------------------------------------------------------------------ noise path
 def test_alpha_sigma_follows_the_scheduler_and_is_exact_at_zero(encoders):
     encoder = encoders["pixart"]

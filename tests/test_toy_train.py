@@ -83,3 +83,27 @@ def test_default_model_path_and_registered_models(tmp_path, monkeypatch):
     pm = PluginManager()
     assert {"toy-pixart", "toy-sd3", "toy-flux"} <= set(pm.components["model"])
     assert resolve_model("toy-sd3", pm) == str(tmp_path / "sd3")
+
+
+def test_v_prediction_pixart_saves_its_scheduler_and_loads_in_the_backend(out_root):
+    from eimsdk_pixart.encoder import PixArtEncoder
+
+    (folder,) = train("pixart", out_root / "v", steps=3, prediction_type="v_prediction", **SMALL)
+    config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    assert config["prediction_type"] == "v_prediction"
+    assert PixArtEncoder.from_pretrained(str(folder)).prediction_type == "v_prediction"
+
+
+def test_wall_clock_budget_ends_the_run_early_and_drives_the_schedule(tmp_path):
+    from eimsdk_toy.train import lr_at
+
+    (folder,) = train("pixart", tmp_path, steps=100_000, max_seconds=2.0, **SMALL)
+    summary = json.loads((folder / "training.json").read_text())
+    assert 0 < summary["steps"] < 100_000 and summary["seconds"] >= 2.0
+    rows = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] < 100_000
+
+    cfg = TrainConfig(family="pixart", steps=1000, warmup=10, max_seconds=10.0)
+    assert lr_at(500, cfg, elapsed=10.0) == pytest.approx(0.1 * cfg.lr)  # time is up: the floor of the cosine
+    assert lr_at(500, cfg, elapsed=0.0) > lr_at(500, cfg, elapsed=8.0)  # time further along than steps
+    assert lr_at(500, cfg.model_copy(update={"max_seconds": 0.0}), elapsed=1e9) == lr_at(500, cfg, elapsed=0.0)

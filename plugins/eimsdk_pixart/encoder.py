@@ -139,9 +139,10 @@ class PixArtEncoder(Encoder):
             raise InputError(f"scheduler {type(self.scheduler).__name__} has no DDPM noise schedule "
                              "(alphas_cumprod); use the scheduler the PixArt checkpoint ships with, or DDIMScheduler")
         prediction_type = self.scheduler.config.get("prediction_type", "epsilon")
-        if prediction_type != "epsilon":
+        if prediction_type not in ("epsilon", "v_prediction"):
             raise InputError(f"scheduler prediction_type={prediction_type!r}: the PixArt backend supports "
-                             "epsilon-prediction checkpoints only")
+                             "'epsilon' (the released checkpoints) and 'v_prediction' checkpoints")
+        self.prediction_type = prediction_type
 
     # ------------------------------------------------------------------------------------------ geometry
     @property
@@ -233,13 +234,19 @@ class PixArtEncoder(Encoder):
     def _predict_eps(self, z_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """eps_hat (B, C, h, w) for z_t (B, C, h, w) at noise levels t (B,); differentiable in z_t and the embeds."""
         timestep = self._model_timestep(t.to(z_t.device))
-        eps = self._transformer_eps(z_t.to(self.dtype), timestep, cond.embeds["prompt_embeds"].to(self.dtype),
+        out = self._transformer_eps(z_t.to(self.dtype), timestep, cond.embeds["prompt_embeds"].to(self.dtype),
                                     cond.masks.get("prompt_embeds"))  # no mask: every token is attended
-        return eps.to(z_t.dtype)
+        if self.prediction_type == "v_prediction":  # v = a eps - s x0 and z = a x0 + s eps  =>  eps = a v + s z
+            shape = (-1,) + (1,) * (z_t.ndim - 1)
+            a, s = (c.to(z_t.device, torch.promote_types(z_t.dtype, torch.float32)).reshape(shape)
+                    for c in self.alpha_sigma(t.to(z_t.device)))
+            return (a * out + s * z_t).to(z_t.dtype)
+        return out.to(z_t.dtype)
 
     def _transformer_eps(self, latents: torch.Tensor, timestep: torch.Tensor, embeds: torch.Tensor,
                          mask: torch.Tensor | None) -> torch.Tensor:
-        """One transformer call with diffusers timesteps (B,); returns the eps half of the learned-sigma output."""
+        """One transformer call with diffusers timesteps (B,); returns the prediction (eps, or v for
+        v-prediction checkpoints), the first half of a learned-sigma output."""
         b, _, h, w = latents.shape
         added = {"resolution": None, "aspect_ratio": None}
         if self.uses_micro_conditions:

@@ -110,13 +110,13 @@ def build_transformer(family: str, seed: int):
     raise ValueError(f"family={family!r} is not one of {FAMILIES}")
 
 
-def build_scheduler(family: str):
+def build_scheduler(family: str, prediction_type: str = "epsilon"):
     """The sampler saved with the pipeline (the training noise process is the same one)."""
     from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler
 
-    if family == "pixart":  # PixArt-alpha's own scheduler config
+    if family == "pixart":  # PixArt-alpha's own scheduler config (optionally v-prediction)
         return DPMSolverMultistepScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
-                                           num_train_timesteps=1000, prediction_type="epsilon")
+                                           num_train_timesteps=1000, prediction_type=prediction_type)
     if family == "sd3":
         return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
     if family == "flux":  # FLUX.1's dynamic (resolution-dependent) shift
@@ -136,14 +136,14 @@ def vae_for(family: str, vae):
     return out
 
 
-def build_pipeline(family: str, vae, seed: int = 0):
+def build_pipeline(family: str, vae, seed: int = 0, prediction_type: str = "epsilon"):
     """An untrained pipeline of the family around the shared (trained) ``vae``; text encoders are seeded."""
     import diffusers
 
     if family not in FAMILIES:
         raise ValueError(f"family={family!r} is not one of {FAMILIES}")
     parts: dict[str, Any] = dict(transformer=build_transformer(family, seed), vae=vae_for(family, vae),
-                                 scheduler=build_scheduler(family))
+                                 scheduler=build_scheduler(family, prediction_type))
     if family == "pixart":
         parts["text_encoder"], parts["tokenizer"] = build_t5(seed + 1)
     elif family == "sd3":

@@ -35,7 +35,8 @@ from eimsdk_toy.scenes import caption, random_spec, render
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 # Default (steps, batch size) per device type. CPU: each family in under two hours on a 2-core CPU; CUDA: the
-# VAE and all three families in about ten minutes on one H100 (docs/toy-world.md has the measured times).
+# shipped models were trained with these and ``--max-minutes 4`` (or 3.4 for Flux), three families side by side
+# on one H100 (docs/toy-world.md has the measured steps and times).
 DEFAULTS: dict[str, dict[str, tuple[int, int]]] = {
     "cpu": {"vae": (1500, 64), "pixart": (6000, 64), "sd3": (2000, 32), "flux": (1200, 32)},
     "cuda": {"vae": (1500, 64), "pixart": (6000, 256), "sd3": (3000, 256), "flux": (3000, 256)},
@@ -57,6 +58,10 @@ class TrainConfig(BaseModel):
     pool: int = Field(16384, ge=64, le=1_000_000, description="rendered scenes to train on")
     kl_weight: float = Field(1e-6, ge=0, le=1, description="VAE only")
     snr_gamma: float = Field(5.0, ge=0, le=100, description="min-SNR loss weighting for DDPM (PixArt); 0 = off")
+    prediction_type: Literal["epsilon", "v_prediction"] = Field(
+        "epsilon", description="PixArt only: what the transformer predicts (saved in the scheduler config)")
+    max_seconds: float = Field(0.0, ge=0, description="wall-clock budget; 0 = none. With a budget the "
+                               "schedule runs to whichever of steps and seconds comes first, then saves")
     seed: int = Field(0, ge=0)
     device: str = "cpu"
     log_every: int = Field(25, ge=1)
@@ -80,13 +85,22 @@ def render_pool(n: int, seed: int) -> tuple[torch.Tensor, list[str]]:
     return torch.from_numpy(pixels / 127.5 - 1.0).permute(0, 3, 1, 2).contiguous(), [caption(s) for s in specs]
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up, then cosine decay to 10% of the peak."""
+def lr_at(step: int, cfg: TrainConfig, elapsed: float = 0.0) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak, over steps or (with ``max_seconds``) wall time,
+    whichever is further along."""
     total = cfg.total_steps()
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
-    frac = (step - cfg.warmup) / max(1, total - cfg.warmup)
+    frac = min(1.0, max(progress(step, cfg, elapsed) - cfg.warmup / total, 0.0) / max(1e-9, 1 - cfg.warmup / total))
     return cfg.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * frac)))
+
+
+def progress(step: int, cfg: TrainConfig, elapsed: float) -> float:
+    """Share of the run done: steps, or wall time when ``max_seconds`` is set and further along."""
+    done = step / cfg.total_steps()
+    if cfg.max_seconds:
+        done = max(done, elapsed / cfg.max_seconds)
+    return done
 
 
 class _Log:
@@ -120,10 +134,12 @@ class _Log:
         return time.perf_counter() - self.start
 
 
-def _autocast(device: torch.device):
-    if device.type == "cuda":
+def _autocast(device: torch.device, family: str = "vae"):
+    """bf16 autocast on CUDA, except Flux: its backward under bf16 autocast failed on an H100 with
+    ``CUBLAS_STATUS_EXECUTION_FAILED`` (torch 2.11, diffusers 0.42.1), so Flux trains in fp32 (TF32 matmuls)."""
+    if device.type == "cuda" and family != "flux":
         return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
+    return torch.autocast(device.type, enabled=False)
 
 
 # ----------------------------------------------------------------------------------------------- VAE
@@ -208,8 +224,13 @@ def flow_shift(family: str, scheduler) -> float:
 
 def diffusion_loss(family: str, transformer, z0: torch.Tensor, cond: dict[str, torch.Tensor],
                    gen: torch.Generator, alphas_cumprod: torch.Tensor | None, shift: float,
-                   snr_gamma: float = 0.0) -> torch.Tensor:
-    """One batch of the family's training objective on scaled latents ``z0`` (B, C, 16, 16)."""
+                   snr_gamma: float = 0.0, prediction_type: str = "epsilon") -> torch.Tensor:
+    """One batch of the family's training objective on scaled latents ``z0`` (B, C, 16, 16).
+
+    PixArt predicts ``eps`` (the real checkpoints) or ``v = sqrt(ab) eps - sqrt(1 - ab) z0`` (Salimans & Ho,
+    2022), which keeps the x0 signal at high noise where eps-prediction carries almost none; min-SNR-gamma
+    weights ``min(snr, gamma) / snr`` (eps) or ``min(snr, gamma) / (snr + 1)`` (v) are the same x0-space weight.
+    """
     b = z0.shape[0]
     eps = torch.randn(z0.shape, device=z0.device, generator=gen)
     if family == "pixart":  # DDPM: predict eps at an integer timestep
@@ -218,10 +239,12 @@ def diffusion_loss(family: str, transformer, z0: torch.Tensor, cond: dict[str, t
         z_t = ab.sqrt() * z0 + (1 - ab).sqrt() * eps
         out = transformer(z_t, encoder_hidden_states=cond["prompt_embeds"], encoder_attention_mask=cond["mask"],
                           timestep=t, added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample
-        err = (out[:, :LATENT_CHANNELS].float() - eps).pow(2).mean(dim=(1, 2, 3))  # (B,)
+        v = prediction_type == "v_prediction"
+        target = ab.sqrt() * eps - (1 - ab).sqrt() * z0 if v else eps
+        err = (out[:, :LATENT_CHANNELS].float() - target).pow(2).mean(dim=(1, 2, 3))  # (B,)
         if snr_gamma > 0:  # min-SNR-gamma (Hang et al., 2023): caps the weight of nearly clean timesteps
             snr = ab.view(b) / (1 - ab.view(b))
-            err = err * snr.clamp(max=snr_gamma) / snr
+            err = err * snr.clamp(max=snr_gamma) / (snr + 1 if v else snr)
         return err.mean()
     # Rectified flow: z_t = (1 - s) z0 + s eps, velocity eps - z0; s logit-normal, shifted like the sampler.
     s = torch.sigmoid(torch.randn(b, device=z0.device, generator=gen))
@@ -249,7 +272,8 @@ def train_family(cfg: TrainConfig, out_root: Path, vae=None) -> Path:
     device = torch.device(cfg.device)
     out = out_root / cfg.family
     vae = vae if vae is not None else load_or_train_vae(out_root, cfg)
-    pipe = build_pipeline(cfg.family, vae.to(torch.float32), seed=cfg.seed).to(device)
+    pipe = build_pipeline(cfg.family, vae.to(torch.float32), seed=cfg.seed,
+                          prediction_type=cfg.prediction_type).to(device)
     transformer = pipe.transformer.train()
 
     pixels, captions = render_pool(cfg.pool, cfg.seed + 1)
@@ -271,8 +295,14 @@ def train_family(cfg: TrainConfig, out_root: Path, vae=None) -> Path:
     gen = torch.Generator(device).manual_seed(cfg.seed)
     total = cfg.total_steps()
     log = _Log(out / "train_log.jsonl", total, cfg.family, cfg.log_every)
+    steps_done = total
     for step in range(total):
-        lr = lr_at(step, cfg)
+        elapsed = time.perf_counter() - log.start
+        if cfg.max_seconds and elapsed >= cfg.max_seconds:
+            steps_done = step
+            log.bar.write(f"{cfg.family}: wall-clock budget of {cfg.max_seconds:.0f} s reached after {step} steps")
+            break
+        lr = lr_at(step, cfg, elapsed)
         for group in opt.param_groups:
             group["lr"] = lr
         idx = torch.randint(0, len(pixels), (cfg.batch(),), device=device, generator=gen)
@@ -281,8 +311,9 @@ def train_family(cfg: TrainConfig, out_root: Path, vae=None) -> Path:
         drop = torch.rand(cfg.batch(), device=device, generator=gen) < cfg.caption_dropout
         rows = torch.where(drop, torch.full_like(cap_idx[idx], len(table_captions) - 1), cap_idx[idx])
         cond = {k: v[rows] for k, v in table.items()}
-        with _autocast(device):
-            loss = diffusion_loss(cfg.family, transformer, z0, cond, gen, alphas_cumprod, shift, cfg.snr_gamma)
+        with _autocast(device, cfg.family):
+            loss = diffusion_loss(cfg.family, transformer, z0, cond, gen, alphas_cumprod, shift, cfg.snr_gamma,
+                                  cfg.prediction_type)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
@@ -298,14 +329,18 @@ def train_family(cfg: TrainConfig, out_root: Path, vae=None) -> Path:
             p.copy_(e)
     fp16_exact_(transformer.eval())
     pipe.to("cpu", torch.float16).save_pretrained(out)
-    _write_summary(out, cfg, seconds, {k: v for k, v in pipe.components.items() if hasattr(v, "parameters")})
+    _write_summary(out, cfg, seconds, {k: v for k, v in pipe.components.items() if hasattr(v, "parameters")},
+                   steps_done)
     return out
 
 
-def _write_summary(out: Path, cfg: TrainConfig, seconds: float, modules: dict[str, Any]) -> None:
-    summary = {"config": cfg.model_dump(), "steps": cfg.total_steps(), "batch_size": cfg.batch(),
+def _write_summary(out: Path, cfg: TrainConfig, seconds: float, modules: dict[str, Any],
+                   steps_done: int | None = None) -> None:
+    steps_done = cfg.total_steps() if steps_done is None else steps_done
+    summary = {"config": cfg.model_dump(), "steps": steps_done, "batch_size": cfg.batch(),
                "seconds": round(seconds, 1),
-               "seconds_per_step": round(seconds / max(1, cfg.total_steps()), 4),
+               "seconds_per_step": round(seconds / max(1, steps_done), 4),
+               "device": torch.cuda.get_device_name(cfg.device) if cfg.device.startswith("cuda") else "cpu",
                "parameters": {k: sum(p.numel() for p in m.parameters()) for k, m in modules.items()},
                "torch": torch.__version__}
     (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -346,8 +381,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 5e-4; VAE 1e-3)")
     p.add_argument("--pool", type=int, default=16384, help="number of rendered training scenes")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prediction-type", default="epsilon", choices=["epsilon", "v_prediction"],
+                   help="PixArt only: eps (like the real checkpoints) or v prediction")
+    p.add_argument("--max-minutes", type=float, default=0.0, help="wall-clock budget per family (0: none); the "
+                   "learning-rate schedule follows whichever of steps and time runs out first, then it saves")
     args = p.parse_args(argv)
-    overrides = dict(steps=args.steps, batch_size=args.batch_size, pool=args.pool, seed=args.seed, device=args.device)
+    overrides = dict(steps=args.steps, batch_size=args.batch_size, pool=args.pool, seed=args.seed, device=args.device,
+                     prediction_type=args.prediction_type, max_seconds=60.0 * args.max_minutes)
     if args.lr is not None:
         overrides["lr"] = args.lr
     for folder in train(args.family, args.out, **overrides):
