@@ -168,13 +168,7 @@ def test_v_prediction_checkpoints_match_diffusers_and_convert_to_eps(tiny_paths,
     _assert_parity(encoder, _load_pipeline(tmp_path), steps=3, guidance=4.5, size=32)
 
     # eps_hat = a v + s z: the eps the DDPM identity z = a x0 + s eps implies for the predicted v.
-    cond = encoder.encode_prompts(PROMPTS[:1])
-    z = torch.randn(1, 4, 8, 8, generator=_seed(0))
-    with torch.no_grad():
-        ours = encoder.predict_eps(z, 0.25, cond)
-        v = encoder.transformer(z, encoder_hidden_states=cond.embeds["prompt_embeds"],
-                                encoder_attention_mask=cond.masks["prompt_embeds"], timestep=torch.tensor([249]),
-                                added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample[:, :4]
+    z, ours, v = _predict_eps_and_raw_output(encoder)
     a, s = encoder.alpha_sigma(torch.tensor([0.25]))
     torch.testing.assert_close(ours, a * v + s * z)
     assert (ours - v).abs().max() > 1e-2  # the conversion is not the identity here
@@ -198,8 +192,8 @@ def test_alpha_sigma_follows_the_scheduler_and_is_exact_at_zero(encoders):
     torch.testing.assert_close(s.square(), 1 - alphas_cumprod[n - 1], rtol=1e-10, atol=1e-12)
 
 
-def test_predict_eps_feeds_the_transformer_the_diffusers_timestep(encoders):
-    encoder = encoders["pixart"]
+def _predict_eps_and_raw_output(encoder):
+    """(z, predict_eps(z, t=0.25), the transformer's first 4 output channels at diffusers timestep 249)."""
     cond = encoder.encode_prompts(PROMPTS[:1])
     z = torch.randn(1, 4, 8, 8, generator=_seed(0))
     with torch.no_grad():
@@ -207,7 +201,12 @@ def test_predict_eps_feeds_the_transformer_the_diffusers_timestep(encoders):
         raw = encoder.transformer(z, encoder_hidden_states=cond.embeds["prompt_embeds"],
                                   encoder_attention_mask=cond.masks["prompt_embeds"], timestep=torch.tensor([249]),
                                   added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample
-    torch.testing.assert_close(ours, raw[:, :4])
+    return z, ours, raw[:, :4]
+
+
+def test_predict_eps_feeds_the_transformer_the_diffusers_timestep(encoders):
+    _, ours, raw = _predict_eps_and_raw_output(encoders["pixart"])
+    torch.testing.assert_close(ours, raw)
 
 
 def test_timesteps_rejects_bad_arguments(encoders):
