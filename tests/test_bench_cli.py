@@ -44,6 +44,13 @@ def test_run_then_rebuild_the_report(tmp_path, capsys, fakes_installed):
     assert "| fake | fake-oracle | 1.00 | 1.00 | 1.00 |" in (out / "report.md").read_text()
     assert json.loads((out / "config.json").read_text())["strengths"] == [0.5, 1.0]
 
+    # Named methods pick a subset of the finished units (or units merged in from another run).
+    assert main(["bench", "--out", str(out), "--report-only", "--methods", "fake-null"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["methods"] == ["fake-null"] and list(summary["table"]["fake"]) == ["fake-null"]
+    assert main(["bench", "--out", str(out), "--report-only", "--methods", "fake-oracle", "hsds"]) == 2
+    assert "missing" in capsys.readouterr().err
+
 
 @pytest.mark.parametrize("argv, match", [
     (["bench", "--out", "{tmp}"], "give a MANIFEST"),

@@ -140,6 +140,17 @@ def test_internal_score_from_saved_directions(tmp_path, pm, model):
     assert (tmp_path / "internal.json").is_file()
 
 
+def test_internal_score_names_units_finished_without_directions(tmp_path, pm, model):
+    items = clean_items(2)
+    Runner(items, _config(model, methods=["fake-oracle"], strengths=[1.0]), tmp_path, plugin_manager=pm,
+           progress=False).run()
+    # Resumed with --internal: the finished units are kept, but they saved no direction.
+    summary = Runner(items, _config(model, methods=["fake-oracle"], strengths=[1.0], internal=2), tmp_path,
+                     plugin_manager=pm, progress=False).run()
+    internal = summary["table"]["fake-model0"]["fake-oracle"]["internal"]
+    assert "direction.safetensors" in internal["error"] and "does not exist" in internal["error"]
+
+
 @pytest.mark.parametrize("kw, error, match", [
     (dict(methods=["no-such-finder"]), PluginError, "no finder named 'no-such-finder'"),
     (dict(methods=["fake-oracle:gain=-1"]), InputError, "fake-oracle:gain=-1.*invalid finder settings"),

@@ -31,10 +31,10 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
                     "are split across processes.")
     p.add_argument("manifest", nargs="?", help="JSONL manifest, PIE-Bench mapping_file.json (or its folder), or "
                    "'toy' / 'toy:SCENES' for the generated toy manifest")
-    p.add_argument("--models", nargs="+", default=["toy-pixart"], help="model folders, hub ids or plugin model names")
-    p.add_argument("--methods", nargs="+", default=["hsds"], help="finder names, optionally NAME:key=value,... "
-                   "(keys of the manipulator's config go to the manipulator, e.g. hsds:ablation=dz)")
-    p.add_argument("--strengths", nargs="+", type=float, default=[1.0], help="edit strengths (default 1.0)")
+    p.add_argument("--models", nargs="+", help="model folders, hub ids or plugin model names (default toy-pixart)")
+    p.add_argument("--methods", nargs="+", help="finder names, optionally NAME:key=value,... "
+                   "(keys of the manipulator's config go to the manipulator, e.g. hsds:ablation=dz; default hsds)")
+    p.add_argument("--strengths", nargs="+", type=float, help="edit strengths (default 1.0)")
     p.add_argument("--out", required=True, help="output folder (reused to resume)")
     p.add_argument("--reader", default="toy", help="attribute reader plugin (default toy; clip-probe for real images)")
     p.add_argument("--reader-set", action="append", metavar="KEY=VALUE", help="reader argument, e.g. model_path=DIR")
@@ -54,7 +54,9 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--save-directions", action="store_true", help="save every direction (.safetensors + .json) in "
                    "its item's folder")
     p.add_argument("--manifest-only", action="store_true", help="write OUT/manifest.jsonl and stop")
-    p.add_argument("--report-only", action="store_true", help="rebuild the report from OUT's finished results")
+    p.add_argument("--report-only", action="store_true", help="rebuild the report from OUT's finished results "
+                   "(of the run's models and methods, or of those given with --models/--methods, e.g. after copying the "
+                   "units of another run with the same strengths into OUT/items)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -71,7 +73,9 @@ def run_bench(args: argparse.Namespace) -> int:
         from eimsdk.bench.report import write_report
         from eimsdk.bench.runner import collect_results
 
-        config = BenchConfig.model_validate(json.loads((out / "config.json").read_text()))
+        given = {"models": args.models, "methods": args.methods}  # strengths are part of each unit's key
+        stored = json.loads((out / "config.json").read_text())
+        config = BenchConfig.model_validate({**stored, **{k: v for k, v in given.items() if v is not None}})
         results = collect_results(out, load_manifest(out / "manifest.jsonl"), config)
         internal = json.loads((out / "internal.json").read_text()) if (out / "internal.json").is_file() else None
         write_report(out, results, config, internal=internal)
@@ -88,7 +92,8 @@ def run_bench(args: argparse.Namespace) -> int:
         print(f"wrote {write_manifest(items, out / 'manifest.jsonl')} ({len(items)} items)")
         return 0
     config = dict(
-        models=args.models, methods=args.methods, strengths=args.strengths, reader=args.reader,
+        models=args.models or ["toy-pixart"], methods=args.methods or ["hsds"], strengths=args.strengths or [1.0],
+        reader=args.reader,
         reader_config=_kv(args.reader_set, "--reader-set"), manipulator=args.manipulator,
         manipulator_config=_kv(args.manip_set, "--manip-set"), device=args.device, dtype=args.dtype,
         size=tuple(args.size) if args.size else None, seed=args.seed, internal=args.internal,

@@ -399,10 +399,10 @@ class Runner:
                                            size=sizes.pop() if len(sizes) == 1 else None)
             out[model_label(model)] = {}
             for method in self.methods:
-                directions = {a: [Direction.load(result_path(self.out, model, method, next(
-                    i for i in g if i.attribute == a).id).with_suffix("") / "direction.safetensors",
-                    device=editor.encoder.device) for g in chosen] for a in attributes}
-                try:
+                try:  # a unit finished by a run without --internal/--save-directions kept no direction
+                    directions = {a: [Direction.load(result_path(self.out, model, method, next(
+                        i for i in g if i.attribute == a).id).with_suffix("") / "direction.safetensors",
+                        device=editor.encoder.device) for g in chosen] for a in attributes}
                     res = ResponseOverlap()(editor.encoder, latent, directions)
                 except EimsdkError as exc:
                     out[model_label(model)][method.label] = {"error": str(exc)}
