@@ -17,13 +17,13 @@ _LAZY = {
     "Encoder": "eimsdk.interfaces",
     "DirectionFinder": "eimsdk.interfaces",
     "Manipulator": "eimsdk.interfaces",
-    "Metric": "eimsdk.interfaces",
+    "EditMetric": "eimsdk.interfaces",
     "AttributeReader": "eimsdk.interfaces",
     "Conditioning": "eimsdk.records",
     "JointLatent": "eimsdk.records",
     "Direction": "eimsdk.records",
     "EditResult": "eimsdk.records",
-    "Cost": "eimsdk.records",
+    "Cost": "eimsdk.cost",
     "get_plugin_manager": "eimsdk.plugins",
 }
 

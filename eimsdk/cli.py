@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from eimsdk.hookspecs import KINDS
+
 DEFAULT_MODEL = "toy-pixart"
 
 
@@ -48,8 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plugins", help="list installed plugins, what each provides, and what failed")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--kind", choices=["backend", "finder", "manipulator", "metric", "reader", "model"],
-                   help="list components of one kind")
+    p.add_argument("--kind", choices=list(KINDS), help="list components of one kind")
     p.add_argument("--filter", help="only component names containing this text")
 
     p = sub.add_parser("generate", help="text-to-image (equal to the family's diffusers pipeline)")
@@ -101,18 +102,30 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--strengths", default="-1,-0.5,0,0.5,1", help="comma-separated strengths")
     q.add_argument("--out", required=True, help="grid image (.png)")
 
-    p = sub.add_parser("demo", help="the embedded default: edit a toy scene with HSDS (no download, ~1 minute)")
-    p.add_argument("--out", default="eimsdk-demo", help="output folder")
-    p.add_argument("--family", default="pixart", choices=["pixart", "sd3", "flux"])
-    p.add_argument("--seed", type=int, default=0)
+    from eimsdk.bench.cli import add_bench_parser
 
-    try:
-        from eimsdk.bench.cli import add_bench_parser
-    except ImportError:
-        add_bench_parser = None
-    if add_bench_parser is not None:
-        add_bench_parser(sub)
+    add_bench_parser(sub)
+    _add_plugin_commands(sub)
     return parser
+
+
+def _add_plugin_commands(sub: Any) -> None:
+    """Subcommands registered by plugins (``register_commands``); a name the core uses, or a broken one, is skipped."""
+    from eimsdk.errors import PluginError
+    from eimsdk.plugins import get_plugin_manager
+
+    for comp in get_plugin_manager().list("command"):
+        if comp.name in sub.choices:
+            print(f"eimsdk: command {comp.name!r} of plugin {comp.plugin!r} is skipped: the name is taken",
+                  file=sys.stderr)
+            continue
+        try:
+            configure = comp.load()
+        except PluginError as exc:
+            print(f"eimsdk: command {comp.name!r} is skipped: {exc}", file=sys.stderr)
+            continue
+        p = sub.add_parser(comp.name, help=comp.description, description=comp.description)
+        p.set_defaults(handler=configure(p))
 
 
 # ------------------------------------------------------------------------------------------------ commands
@@ -234,12 +247,6 @@ def cmd_direction(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from eimsdk_toy.demo import run_demo
-
-    return run_demo(out=args.out, family=args.family, seed=args.seed)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -251,8 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    handlers = {"plugins": cmd_plugins, "generate": cmd_generate, "edit": cmd_edit, "direction": cmd_direction,
-                "demo": cmd_demo}
+    handlers = {"plugins": cmd_plugins, "generate": cmd_generate, "edit": cmd_edit, "direction": cmd_direction}
     if args.command == "bench":
         from eimsdk.bench.cli import run_bench
 
@@ -260,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from eimsdk.errors import EimsdkError
 
     try:
-        return int(handlers[args.command](args) or 0)
+        return int(handlers.get(args.command, getattr(args, "handler", None))(args) or 0)
     except EimsdkError as exc:
         print(f"eimsdk: error: {exc}", file=sys.stderr)
         return 2

@@ -14,7 +14,8 @@ from eimsdk.errors import BackendNotFoundError, InputError
 from eimsdk.images import check_prompts, to_pil
 from eimsdk.interfaces import Encoder
 from eimsdk.plugins import PluginManager, get_plugin_manager
-from eimsdk.records import Cost, Direction, EditResult, JointLatent, Timer
+from eimsdk.cost import Cost, CostMeter
+from eimsdk.records import Direction, EditResult, JointLatent
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64}
@@ -143,11 +144,22 @@ class Editor:
         """Encode: images and the prompts that describe them -> joint latent ``J = (z0, c)``."""
         return self.encoder.encode(image, prompt, size=size)
 
+    def source_pixels(self, image: Any, latent: JointLatent) -> torch.Tensor:
+        """The source image as the model saw it: (1, 3, H, W) in [-1, 1] at the latent's image size."""
+        from eimsdk.images import to_model_tensor
+
+        pixels, _ = to_model_tensor(image, multiple=self.encoder.image_multiple, size=latent.image_size)
+        return pixels
+
     def find_direction(self, image: Any, prompt: str | Sequence[str], target_prompt: str | Sequence[str], *,
                        method: str = "hsds", preserve_prompts: Sequence[str] = (), seed: int = 0,
                        size: tuple[int, int] | None = None, latent: JointLatent | None = None,
                        **config: Any) -> Direction:
-        """Identify: a direction that turns ``prompt`` into ``target_prompt`` (several pairs are averaged)."""
+        """Identify: a direction that turns ``prompt`` into ``target_prompt`` (several pairs are averaged).
+
+        The global torch seed is set to ``seed`` first, so a direction depends only on its inputs. Its
+        ``meta["cost"]`` is what finding it cost (measured here when the finder does not record it).
+        """
         sources = check_prompts(prompt, None, self.encoder, name="prompt")
         targets = check_prompts(target_prompt, len(sources), self.encoder, name="target_prompt")
         if list(targets) == list(sources):
@@ -157,9 +169,12 @@ class Editor:
         finder = self.plugins.load("finder", method)(**config)
         if latent is None:
             latent = self.encode(image, sources[0], size=size)
-        with torch.enable_grad():
-            return finder.find(self.encoder, latent, targets, source_prompts=sources, preserve_prompts=preserve,
-                               seed=seed)
+        torch.manual_seed(seed)
+        with CostMeter(self.encoder) as meter, torch.enable_grad():
+            direction = finder.find(self.encoder, latent, targets, source_prompts=sources, preserve_prompts=preserve,
+                                    seed=seed)
+        direction.meta.setdefault("cost", meter.cost.as_dict())
+        return direction
 
     def apply(self, image: Any, prompt: str | Sequence[str], direction: Direction | Sequence[tuple[Direction, float]],
               strength: float = 1.0, *, size: tuple[int, int] | None = None, restore_size: bool = False,
@@ -178,19 +193,14 @@ class Editor:
             d.check_fits(self.encoder, latent.z0)
         config = {**self.manipulator_config, **manipulator_config}
         manipulator = self.plugins.load("manipulator", self.manipulator_name)(**config)
-        snap = self.encoder.counter.snapshot()
-        with Timer(self.encoder.device) as timer:
+        with CostMeter(self.encoder) as meter:
             z_edit = manipulator.apply(self.encoder, latent, [(d.to(self.encoder.device), s) for d, s in edits])
             with torch.no_grad():
-                pixels = self.encoder.decode_latents(z_edit)
-        counts = self.encoder.counter.since(snap)
-        cost = Cost(model_evals=counts["model_evals"], forwards=int(counts["forwards"]), jvps=int(counts["jvps"]),
-                    vjps=int(counts["vjps"]), seconds=timer.seconds, peak_memory_bytes=timer.peak,
-                    memory_kind=timer.kind)
+                pixels = self.encoder.decode_latents(z_edit).detach().float().cpu()
         images = to_pil(pixels, latent.original_sizes if restore_size else None)
         first = edits[0][0] if len(edits) == 1 else None
-        return EditResult(images=images, direction=first, strengths=[s for _, s in edits], cost=cost,
-                          latents=z_edit.detach())
+        return EditResult(images=images, direction=first, strengths=[s for _, s in edits], cost=meter.cost,
+                          latents=z_edit.detach(), pixels=pixels)
 
     def edit(self, image: Any, prompt: str, target_prompt: str, strength: float = 1.0, *, method: str = "hsds",
              seed: int = 0, preserve_prompts: Sequence[str] = (), size: tuple[int, int] | None = None,
@@ -203,11 +213,7 @@ class Editor:
                                         seed=seed, latent=latent, **(finder_config or {}))
         result = self.apply(image, prompt, direction, strength, latent=latent, restore_size=restore_size,
                             **manipulator_config)
-        if "cost" in direction.meta:
-            c = direction.meta["cost"]
-            result.find_cost = Cost(model_evals=c.get("model_evals", 0.0), forwards=c.get("forwards", 0),
-                                    jvps=c.get("jvps", 0), vjps=c.get("vjps", 0), seconds=c.get("seconds", 0.0),
-                                    peak_memory_bytes=int(c.get("peak_memory_mb", 0) * 2**20))
+        result.find_cost = Cost.from_dict(direction.meta["cost"])
         return result
 
     def sweep(self, image: Any, prompt: str, directions: dict[str, Direction] | Direction,
@@ -220,7 +226,7 @@ class Editor:
             directions = {directions.meta.get("name", "direction"): directions}
         strengths = [_check_strength(s, "strengths[]") for s in strengths]
         latent = self.encode(image, prompt, size=size)
-        source = to_pil(_source_pixels(image, latent, self))
+        source = to_pil(self.source_pixels(image, latent))
         rows, results = [], {}
         items = [(n, d, s) for n, d in directions.items() for s in strengths]
         if progress:
@@ -234,10 +240,3 @@ class Editor:
             rows.append([source[0]] + [r.image for r in results[name]])
         grid = edit_grid(rows, row_labels=list(directions), col_labels=["source"] + [f"{s:+g}" for s in strengths])
         return grid, results
-
-
-def _source_pixels(image: Any, latent: JointLatent, editor: Editor) -> torch.Tensor:
-    from eimsdk.images import to_model_tensor
-
-    pixels, _ = to_model_tensor(image, multiple=editor.encoder.image_multiple, size=latent.image_size)
-    return pixels

@@ -57,7 +57,10 @@ def register_manipulators(register: Register) -> None:
 
 @hookspec
 def register_metrics(register: Register) -> None:
-    """Register metrics. Example: ``register("dci", "eimsdk.metrics.disentanglement:DCIDisentanglement")``."""
+    """Register edit metrics (EditMetric subclasses), which ``eimsdk bench --metrics NAME`` runs on every edit.
+
+    Example: ``register("psnr", "eimsdk.metrics.pixels:PSNR", description="PSNR of source and edit")``.
+    """
 
 
 @hookspec
@@ -75,6 +78,29 @@ def register_models(register: Register) -> None:
     """
 
 
+@hookspec
+def register_manifests(register: Register) -> None:
+    """Register benchmark manifest sources, which ``eimsdk bench NAME[:ARGUMENT]`` reads.
+
+    The target is a function ``(argument, folder) -> list[eimsdk.bench.manifest.ManifestItem]``: ``argument`` is
+    the text after the first ``:`` (empty when none), ``folder`` where it writes the items' images. Example::
+
+        register("toy", "eimsdk_toy.bench:toy_manifest_source", description="toy:SCENES[:SEED] seeded toy scenes")
+    """
+
+
+@hookspec
+def register_commands(register: Register) -> None:
+    """Register ``eimsdk`` subcommands.
+
+    The target is a function ``(parser) -> handler``: it adds the command's arguments to its ``argparse`` parser
+    and returns ``handler(args) -> exit code``. Its module is imported to build ``eimsdk --help``, so keep it
+    cheap (import torch inside the handler). The description is the command's help. Example::
+
+        register("demo", "eimsdk_toy.demo:demo_command", description="edit a toy scene with HSDS")
+    """
+
+
 KINDS: dict[str, str] = {
     "backend": "register_backends",
     "finder": "register_direction_finders",
@@ -82,4 +108,6 @@ KINDS: dict[str, str] = {
     "metric": "register_metrics",
     "reader": "register_readers",
     "model": "register_models",
+    "manifest": "register_manifests",
+    "command": "register_commands",
 }

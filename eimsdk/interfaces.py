@@ -1,4 +1,4 @@
-"""The three interfaces that carry the method (Encoder, DirectionFinder, Manipulator) plus metrics and readers.
+"""The three interfaces that carry the method (Encoder, DirectionFinder, Manipulator) plus edit metrics and readers.
 
 Finders, manipulators and metrics talk only to :class:`Encoder`, so they run unchanged on every model family.
 
@@ -25,6 +25,8 @@ from eimsdk.records import Conditioning, Direction, JointLatent
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
+    from eimsdk.bench.manifest import ManifestItem
+
 
 @dataclass
 class EvalCounter:
@@ -35,10 +37,6 @@ class EvalCounter:
     vjps: int = 0
     jvp_cost: float = 2.0  # forward-equivalents per JVP; measured by benchmarks/autodiff_cost.py
     vjp_cost: float = 2.0  # forward-equivalents per VJP (forward + backward)
-
-    @property
-    def forward_equivalents(self) -> float:
-        return self.forwards + self.jvp_cost * self.jvps + self.vjp_cost * self.vjps
 
     def snapshot(self) -> tuple[int, int, int]:
         return (self.forwards, self.jvps, self.vjps)
@@ -325,14 +323,21 @@ class Manipulator(ABC):
         """Edited clean latents (B, ...) for ``latent`` moved by ``sum(strength * direction)``."""
 
 
-class Metric(ABC):
-    """A measurement over models, directions or edits (disentanglement scores, ...)."""
+class EditMetric(ABC):
+    """A per-edit measurement: one source image and its edit -> named scores (the columns of a benchmark report).
+
+    The benchmark builds each metric once per run, passing its settings as keyword arguments (and ``device=``
+    when ``__init__`` takes one).
+    """
 
     name: ClassVar[str] = ""
 
     @abstractmethod
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Compute the metric; subclasses document their inputs and outputs."""
+    def __call__(self, source: torch.Tensor, edited: torch.Tensor, *, item: "ManifestItem") -> dict[str, float | None]:
+        """Scores of ``edited`` against ``source`` (both (3, H, W) in [-1, 1]); ``item`` gives prompts and region.
+
+        ``None`` is a score that does not apply to this edit (e.g. an outside-region score without a region).
+        """
 
 
 class AttributeReader(ABC):

@@ -37,9 +37,11 @@ BASES: dict[str, str] = {
     "backend": "eimsdk.interfaces:Encoder",
     "finder": "eimsdk.interfaces:DirectionFinder",
     "manipulator": "eimsdk.interfaces:Manipulator",
-    "metric": "eimsdk.interfaces:Metric",
+    "metric": "eimsdk.interfaces:EditMetric",
     "reader": "eimsdk.interfaces:AttributeReader",
     "model": "",  # a function returning a folder; not type-checked
+    "manifest": "",  # a function (argument, folder) -> manifest items
+    "command": "",  # a function (parser) -> handler
 }
 
 

@@ -1,17 +1,17 @@
-"""Records that flow through E -> I -> M: conditioning, joint latents, directions, results and costs."""
+"""Records that flow through E -> I -> M (conditioning, joint latents, directions, results) and atomic output."""
 
 from __future__ import annotations
 
 import json
 import os
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 
+from eimsdk.cost import Cost
 from eimsdk.errors import DirectionMismatchError, InputError
 
 if TYPE_CHECKING:
@@ -153,33 +153,6 @@ class JointLatent:
     @property
     def batch_size(self) -> int:
         return self.z0.shape[0]
-
-
-@dataclass
-class Cost:
-    """What a piece of work cost: model evaluations (forward-equivalents), wall time and peak memory."""
-
-    model_evals: float = 0.0
-    forwards: int = 0
-    jvps: int = 0
-    vjps: int = 0
-    seconds: float = 0.0
-    peak_memory_bytes: int = 0
-    memory_kind: str = "rss"  # "rss" (process resident set, sampled) or "cuda" (max allocated)
-
-    def __add__(self, other: "Cost") -> "Cost":
-        return Cost(self.model_evals + other.model_evals, self.forwards + other.forwards, self.jvps + other.jvps,
-                    self.vjps + other.vjps, self.seconds + other.seconds,
-                    max(self.peak_memory_bytes, other.peak_memory_bytes), self.memory_kind)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"model_evals": round(self.model_evals, 3), "forwards": self.forwards, "jvps": self.jvps,
-                "vjps": self.vjps, "seconds": round(self.seconds, 4), "peak_memory_mb":
-                round(self.peak_memory_bytes / 2**20, 2), "memory_kind": self.memory_kind}
-
-
-class DirectionMeta(dict):
-    """Direction metadata (JSON-serialisable): family, model id and signature, prompts, method, config, ..."""
 
 
 FORMAT_VERSION = 1
@@ -325,6 +298,7 @@ class EditResult:
     cost: Cost
     find_cost: Cost | None = None
     latents: torch.Tensor | None = None
+    pixels: torch.Tensor | None = None  # (B, 3, H, W) float in [-1, 1] on the CPU, before conversion to images
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -357,54 +331,3 @@ def save_image(image: "Image.Image", path: str | os.PathLike) -> Path:
     path = Path(path)
     fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(path.suffix.lower(), "PNG")
     return atomic_write(path, lambda tmp: image.save(tmp, format=fmt))
-
-
-def tensor_items(t: torch.Tensor) -> Iterator[torch.Tensor]:
-    for i in range(t.shape[0]):
-        yield t[i : i + 1]
-
-
-class Timer:
-    """Context manager measuring wall time and peak memory (CUDA max-allocated, else sampled RSS)."""
-
-    def __init__(self, device: str | torch.device = "cpu") -> None:
-        self.device = torch.device(device)
-        self.seconds = 0.0
-        self.peak = 0
-        self.kind = "cuda" if self.device.type == "cuda" else "rss"
-
-    def __enter__(self) -> "Timer":
-        import threading
-
-        self._t0 = time.perf_counter()
-        if self.kind == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            self._stop = threading.Event()
-            self.peak = _rss()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, _rss())
-
-    def __exit__(self, *exc: Any) -> None:
-        self.seconds = time.perf_counter() - self._t0
-        if self.kind == "cuda":
-            self.peak = torch.cuda.max_memory_allocated(self.device)
-        else:
-            self._stop.set()
-            self._thread.join()
-            self.peak = max(self.peak, _rss())
-
-
-def _rss() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:  # not Linux
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -1,4 +1,4 @@
-"""Manifests: the JSONL format and its errors, region run-length codes, the toy generator, the PIE-Bench loader."""
+"""Manifests: the JSONL format and its errors, region run-length codes, manifest sources, the PIE-Bench loader."""
 
 from __future__ import annotations
 
@@ -19,14 +19,10 @@ from eimsdk.bench.manifest import (
     write_manifest,
 )
 from eimsdk.bench.pie import load_pie_bench
-from eimsdk.bench.toy import toy_manifest
 from eimsdk.errors import InputError
 
-SCENE = {"shape": "circle", "colour": "red", "position": "top left", "size": "large", "background": "black"}
-
-
 def _row(**kw):
-    return {"id": "a", "scene": SCENE, "source_prompt": "a large red circle", "attribute": "colour",
+    return {"id": "a", "image": "x.png", "source_prompt": "a large red circle", "attribute": "colour",
             "target_prompts": ["a large blue circle"], "expected": {"colour": "blue"}, **kw}
 
 
@@ -58,7 +54,8 @@ def test_region_resizes_with_nearest():
 # ------------------------------------------------------------------------------------------ JSONL manifests
 def test_item_validation():
     assert ManifestItem(**_row(target_prompts="one prompt")).target_prompts == ["one prompt"]
-    for bad, match in [(_row(image="x.png"), "exactly one source"), (_row(scene=None), "exactly one source"),
+    for bad, match in [(_row(image=None), "image"), (_row(image=""), "image"),
+                       (_row(scene={"shape": "circle"}), "scene"),
                        (_row(id="has space"), "id"), (_row(target_prompts=[]), "target_prompts"),
                        (_row(target_prompts=[" "]), "non-empty"), (_row(colour="x"), "colour")]:
         with pytest.raises(ValueError, match=match):
@@ -76,7 +73,7 @@ def test_load_manifest_reports_the_line(tmp_path):
     path.write_text(json.dumps(_row()) + "\n" + json.dumps(_row()) + "\n")
     with pytest.raises(InputError, match="share the id 'a'"):
         load_manifest(path)
-    with pytest.raises(InputError, match="does not exist.*toy"):
+    with pytest.raises(InputError, match="does not exist.*manifest source"):
         load_manifest(tmp_path / "missing.jsonl")
 
 
@@ -85,7 +82,6 @@ def test_relative_images_resolve_against_the_manifest(tmp_path):
     Image.new("RGB", (32, 32), (10, 20, 30)).save(tmp_path / "imgs" / "x.png")
     path = tmp_path / "m.jsonl"
     row = _row(image="imgs/x.png")
-    del row["scene"]
     path.write_text(json.dumps(row) + "\n")
     item = load_manifest(path)[0]
     assert item.image == str(tmp_path / "imgs" / "x.png")
@@ -94,34 +90,34 @@ def test_relative_images_resolve_against_the_manifest(tmp_path):
     assert load_manifest(tmp_path / "copy.jsonl") == [item]
 
 
-# ------------------------------------------------------------------------------------------ the toy manifest
-def test_toy_manifest_covers_every_attribute_with_exact_tasks():
-    from eimsdk_toy.scenes import ATTRIBUTES, SceneSpec, caption, render
-
-    items = toy_manifest()
-    assert len(items) >= 200 and len({i.id for i in items}) == len(items)
-    counts = Counter(i.attribute for i in items)
-    assert set(counts) == set(ATTRIBUTES) and len(set(counts.values())) == 1
-    for item in items[:25]:
-        spec = SceneSpec(**item.scene)
-        new = item.expected[item.attribute]
-        assert new != getattr(spec, item.attribute) and new in ATTRIBUTES[item.attribute]
-        target = spec.model_copy(update={item.attribute: new})
-        assert item.source_prompt == caption(spec) and item.target_prompts == [caption(target)]
-        assert item.source_values == spec.attributes()
-        before, after = np.asarray(render(spec)), np.asarray(render(target))
-        region = item.region.to_mask()
-        changed = (before != after).any(-1)
-        assert changed.any() and region[changed].all()  # every changed pixel is in the region
-        assert (before[~region] == after[~region]).all()  # nothing outside it changes
+# ------------------------------------------------------------------------------------------ manifest sources
+SOURCE_CALLS: list[tuple[str, object]] = []
 
 
-def test_toy_manifest_is_seeded():
-    assert toy_manifest(2) == toy_manifest(2)
-    assert toy_manifest(2, seed=1) != toy_manifest(2)
-    assert resolve_manifest("toy:3") == toy_manifest(3)
-    with pytest.raises(InputError, match="toy:SCENES"):
-        resolve_manifest("toy:many")
+def numbered_source(argument, folder):
+    """A manifest source for the test below: ARGUMENT items on one written image."""
+    SOURCE_CALLS.append((argument, folder))
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8)).save(folder / "x.png")
+    return [ManifestItem(**_row(id=f"n{i}", image=str(folder / "x.png"))) for i in range(int(argument or 1))]
+
+
+def test_a_registered_manifest_source_is_called_with_its_argument(tmp_path, fresh_plugin_manager):
+    import eimsdk
+
+    class Source:
+        @eimsdk.hookimpl
+        def register_manifests(self, register):
+            register("numbered", "test_bench_manifest:numbered_source")
+
+    assert fresh_plugin_manager.register(Source(), "numbered-source").status == "ok"
+    items = resolve_manifest("numbered:3", tmp_path / "images", fresh_plugin_manager)
+    assert [i.id for i in items] == ["n0", "n1", "n2"] and SOURCE_CALLS[-1] == ("3", tmp_path / "images")
+    assert items[0].load_source().size == (8, 8)
+    with pytest.raises(InputError, match=r"no manifest source 'nothing' is installed \(installed: .*numbered"):
+        resolve_manifest("nothing:1", tmp_path, fresh_plugin_manager)
+    with pytest.raises(InputError, match="does not exist"):
+        resolve_manifest(str(tmp_path / "nothing.jsonl"), tmp_path, fresh_plugin_manager)
 
 
 # ------------------------------------------------------------------------------------------ PIE-Bench
@@ -158,7 +154,7 @@ def test_pie_bench_loader(pie_folder):
     assert [i.attribute for i in load_pie_bench(pie_folder / "mapping_file.json", editing_types=["9"])] == [
         "change_style"]
     assert len(load_pie_bench(pie_folder / "mapping_file.json", limit=2)) == 2
-    assert resolve_manifest(str(pie_folder)) == items
+    assert resolve_manifest(str(pie_folder), pie_folder) == items
 
 
 def test_pie_bench_errors(pie_folder, tmp_path):

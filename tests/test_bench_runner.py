@@ -41,10 +41,10 @@ def test_known_answers_and_report(tmp_path, pm, model):
     oracle, null = table["fake-oracle"]["by_strength"]["1"], table["fake-null"]["by_strength"]["1"]
     # The oracle's dz is exactly target - source: every edit lands, nothing else moves, nothing outside the region.
     assert oracle["success"] == 1.0 and oracle["preserved"] == 1.0 and oracle["precise"] == 1.0
-    assert oracle["psnr_outside"] == PSNR_CAP and oracle["ssim_outside"] == pytest.approx(1.0)
-    assert oracle["psnr"] < 40  # the edited region did change
+    assert oracle["metrics"]["psnr_outside"] == PSNR_CAP and oracle["metrics"]["ssim_outside"] == pytest.approx(1.0)
+    assert oracle["metrics"]["psnr"] < 40  # the edited region did change
     # A zero direction changes nothing: no success, everything preserved.
-    assert null["success"] == 0.0 and null["preserved"] == 1.0 and null["psnr"] == PSNR_CAP
+    assert null["success"] == 0.0 and null["preserved"] == 1.0 and null["metrics"]["psnr"] == PSNR_CAP
     d = table["fake-oracle"]["disentanglement"]
     assert d["overall"] == pytest.approx(1.0) and all(v == pytest.approx(1.0) for v in d["targeted"].values())
     assert np.allclose(d["matrix"]["matrix"], np.eye(5))
@@ -202,5 +202,5 @@ def test_real_backend_and_methods(tmp_path, pm, tiny_pipeline_path):
         assert all(e["cost"]["model_evals"] == 4 for e in text["edits"] + hsds["edits"])
         # Strength 0 is the inversion round trip, whatever the direction.
         assert strip_timing(text)["edits"][0]["read"] == strip_timing(hsds)["edits"][0]["read"]
-        assert text["edits"][0]["psnr"] == hsds["edits"][0]["psnr"]
+        assert text["edits"][0]["metrics"]["psnr"] == hsds["edits"][0]["metrics"]["psnr"]
     assert set(summary["table"]["tiny-pixart0"]) == {"text", "hsds:num_timesteps=2,cg_iters=2"}

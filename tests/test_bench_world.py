@@ -9,11 +9,14 @@ find it through an entry point (see :func:`plugin_env`).
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
 import re
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +26,11 @@ from pydantic import BaseModel, Field
 
 import eimsdk
 from eimsdk.bench.manifest import ManifestItem, Region
-from eimsdk.bench.toy import changed_region
 from eimsdk.interfaces import DirectionFinder, Encoder, Manipulator
 from eimsdk.records import Conditioning, Direction
-from eimsdk.testing.tokenizers import WORDS
+from eimsdk.records import save_image
+from eimsdk.tokenizers import WORDS
+from eimsdk_toy.bench import changed_region
 
 CAPTION = re.compile(r"^a (\w+) (\w+) (\w+) at the (\w+ \w+) on a (\w+) background$")
 
@@ -196,19 +200,29 @@ def plugin_env(tmp: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
+CLEAN_IMAGES = Path(tempfile.gettempdir()) / f"eimsdk-clean-scenes-{os.getpid()}"
+atexit.register(shutil.rmtree, CLEAN_IMAGES, True)
+
+
 def clean_items(n_scenes: int = 2) -> list[ManifestItem]:
-    """Toy tasks on scenes without jitter (so the oracle is exact): every attribute of ``n_scenes`` scenes."""
+    """Toy tasks on scenes without jitter (so the oracle is exact): every attribute of ``n_scenes`` scenes.
+
+    The sources are written once per test process to :data:`CLEAN_IMAGES`.
+    """
     from eimsdk_toy.scenes import ATTRIBUTES, SceneSpec, caption, render
 
     items = []
     rng = np.random.default_rng(7)
     for s in range(n_scenes):
         spec = SceneSpec(**{a: c[int(rng.integers(len(c)))] for a, c in ATTRIBUTES.items()})
+        image = CLEAN_IMAGES / f"clean-{s}.png"
+        if not image.is_file():
+            save_image(render(spec), image)
         for a, classes in ATTRIBUTES.items():
             new = next(c for c in classes if c != getattr(spec, a))
             target = spec.model_copy(update={a: new})
             items.append(ManifestItem(
-                id=f"clean-{s}-{a}", scene=spec.model_dump(), source_prompt=caption(spec), attribute=a,
+                id=f"clean-{s}-{a}", image=str(image), source_prompt=caption(spec), attribute=a,
                 target_prompts=[caption(target)], expected={a: new}, source_values=spec.attributes(),
                 region=Region.from_mask(changed_region(render(spec), render(target))), group=f"clean-{s}"))
     return items
@@ -226,17 +240,15 @@ def strip_timing(rec: dict) -> dict:
 
 # ------------------------------------------------------------------------------------------ the world's own tests
 def test_oracle_edit_reads_as_the_target():
-    from eimsdk.metrics.editing import run_edit
+    from eimsdk.editor import Editor
     from eimsdk_toy.readers import ToyReader
 
     item = clean_items(1)[1]
-    enc = FakePixelEncoder()
-    latent = enc.encode(item.load_source(), item.source_prompt)
-    run = run_edit(enc, OracleFinder(), AddManipulator(), latent, [item.source_prompt], item.target_prompts, [1.0],
-                   seed=3)
-    read = ToyReader().read(run.edits[0].images)[0]
+    editor = Editor(FakePixelEncoder(), plugin_manager=plugin_manager(), manipulator="fake-add")
+    result = editor.edit(item.load_source(), item.source_prompt, item.target_prompts[0], method="fake-oracle", seed=3)
+    read = ToyReader().read(result.images)[0]
     assert read == {**item.source_values, **item.expected}
-    assert run.find_cost.model_evals == 1 and run.edits[0].cost.model_evals == 1
+    assert result.find_cost.model_evals == 1 and result.cost.model_evals == 1
 
 
 def test_fake_world_is_a_plugin():

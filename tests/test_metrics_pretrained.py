@@ -23,7 +23,7 @@ def clip_folder(tmp_path_factory):
     import torch
     from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor
 
-    from eimsdk.testing.tokenizers import build_clip_tokenizer
+    from eimsdk.tokenizers import build_clip_tokenizer
 
     tok = build_clip_tokenizer(77)
     config = CLIPConfig(
@@ -108,11 +108,11 @@ def test_bad_probe_specs(clip_folder):
 def test_clip_score(clip_folder):
     score = ClipScore(clip_folder)
     images = _images(2)
-    values = score(images, ["a red circle", "a blue square"])
+    values = score.score(images, ["a red circle", "a blue square"])
     assert len(values) == 2 and all(0.0 <= v <= 100.0 for v in values)
-    assert score(images[:1], ["a red circle"])[0] == pytest.approx(values[0], abs=1e-4)
+    assert score.score(images[:1], ["a red circle"])[0] == pytest.approx(values[0], abs=1e-4)
     with pytest.raises(ValueError, match="one prompt per image"):
-        score(images, ["a red circle"])
+        score.score(images, ["a red circle"])
 
 
 def test_dino_similarity(tmp_path):
@@ -125,7 +125,7 @@ def test_dino_similarity(tmp_path):
     BitImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(tmp_path)
     dino = DinoSimilarity(tmp_path)
     a, b = _images(2)
-    same, other = dino([a, a], [a, b])
+    same, other = dino.similarity([a, a], [a, b])
     assert same == pytest.approx(1.0, abs=1e-5) and other < same
 
 

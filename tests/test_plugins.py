@@ -132,7 +132,7 @@ def test_component_type_is_checked_on_load(fresh_plugin_manager):
     class WrongType:
         @eimsdk.hookimpl
         def register_backends(self, register):
-            register("not-an-encoder", "eimsdk.records:Cost")
+            register("not-an-encoder", "eimsdk.cost:Cost")
 
     fresh_plugin_manager.register(WrongType(), "wrongtype")
     with pytest.raises(PluginError, match="not a subclass of eimsdk.interfaces:Encoder"):

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from eimsdk.errors import DirectionMismatchError, InputError
-from eimsdk.records import Conditioning, Direction, Timer, atomic_write, atomic_write_text
+from eimsdk.cost import Timer
+from eimsdk.records import Conditioning, Direction, atomic_write, atomic_write_text
 
 
 def _cond(batch=1, length=4, seed=0, mask_len=2):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from transformers import CLIPTokenizer, T5TokenizerFast
 
-from eimsdk.testing.tokenizers import WORDS, build_clip_tokenizer, build_t5_tokenizer
+from eimsdk.tokenizers import WORDS, build_clip_tokenizer, build_t5_tokenizer
 
 
 def test_every_word_is_one_token():

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 import eimsdk_toy
 from eimsdk.errors import InputError
-from eimsdk.testing.tokenizers import WORDS, build_t5_tokenizer
+from eimsdk.tokenizers import WORDS, build_t5_tokenizer
 from eimsdk_toy.scenes import (ATTRIBUTES, BACKGROUNDS, COLOURS, SceneSpec, caption, make_spec, random_spec,
                                region_mask, render)
 

@@ -30,7 +30,7 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
                     "atomically, so an interrupted run resumes. Under `accelerate launch -m eimsdk bench ...` items "
                     "are split across processes.")
     p.add_argument("manifest", nargs="?", help="JSONL manifest, PIE-Bench mapping_file.json (or its folder), or "
-                   "'toy' / 'toy:SCENES' for the generated toy manifest")
+                   "a plugin's manifest source SOURCE[:ARGUMENT], e.g. toy:SCENES (`eimsdk plugins --kind manifest`)")
     p.add_argument("--models", nargs="+", help="model folders, hub ids or plugin model names (default toy-pixart)")
     p.add_argument("--methods", nargs="+", help="finder names, optionally NAME:key=value,... "
                    "(keys of the manipulator's config go to the manipulator, e.g. hsds:ablation=dz; default hsds)")
@@ -47,9 +47,8 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="only the first N items")
     p.add_argument("--internal", type=int, default=0, metavar="N",
                    help="also compute the reader-free score on N sources edited along several attributes")
-    p.add_argument("--clip-model", help="local CLIP folder: CLIP score of each edit against its target prompt")
-    p.add_argument("--dino-model", help="local DINO folder: DINO similarity of source and edit")
-    p.add_argument("--lpips", action="store_true", help="LPIPS outside the region (needs the lpips package)")
+    p.add_argument("--metrics", nargs="+", help="edit metric names, optionally NAME:key=value,... (default psnr "
+                   "ssim; e.g. clip-score:model_path=DIR; `eimsdk plugins --kind metric`)")
     p.add_argument("--no-images", action="store_true", help="do not save edited images (no example grids)")
     p.add_argument("--save-directions", action="store_true", help="save every direction (.safetensors + .json) in "
                    "its item's folder")
@@ -83,7 +82,7 @@ def run_bench(args: argparse.Namespace) -> int:
         return 0
     if not args.manifest:
         raise InputError("give a MANIFEST (a .jsonl file, a PIE-Bench mapping_file.json, or 'toy')")
-    items = resolve_manifest(args.manifest)
+    items = resolve_manifest(args.manifest, out / "manifest")
     if args.limit is not None:
         if args.limit < 1:
             raise InputError(f"--limit must be a positive number of items, got {args.limit}")
@@ -97,8 +96,8 @@ def run_bench(args: argparse.Namespace) -> int:
         reader_config=_kv(args.reader_set, "--reader-set"), manipulator=args.manipulator,
         manipulator_config=_kv(args.manip_set, "--manip-set"), device=args.device, dtype=args.dtype,
         size=tuple(args.size) if args.size else None, seed=args.seed, internal=args.internal,
-        clip_model=args.clip_model, dino_model=args.dino_model, lpips=args.lpips, save_images=not args.no_images,
-        save_directions=args.save_directions,
+        save_images=not args.no_images, save_directions=args.save_directions,
+        **({"metrics": args.metrics} if args.metrics else {}),
     )
     runner = Runner(items, config, out, progress=not args.no_progress)
     summary = runner.run()

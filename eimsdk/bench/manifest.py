@@ -3,7 +3,7 @@
 Fields of an item (see ``docs/benchmark.md``):
 
 - ``id`` (unique; letters, digits, ``.``, ``_``, ``-``): names the outputs and seeds the item.
-- ``image`` (a path, relative to the manifest's folder) **or** ``scene`` (a toy-world scene spec).
+- ``image``: a path, relative to the manifest's folder.
 - ``source_prompt``: describes the source image; ``target_prompts``: describe the edited image (several are
   averaged into one direction); ``attribute``: what the edit changes.
 - ``expected``: attribute values the edited image must show (``{"colour": "blue"}``); ``source_values``: the
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from eimsdk.errors import InputError
 from eimsdk.records import atomic_write_text
@@ -82,8 +82,7 @@ class ManifestItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(pattern=ID_PATTERN)
-    image: str | None = None
-    scene: dict[str, Any] | None = None
+    image: str = Field(min_length=1)
     source_prompt: str = Field(min_length=1)
     attribute: str = Field(min_length=1)
     target_prompts: list[str] = Field(min_length=1)
@@ -107,31 +106,24 @@ class ManifestItem(BaseModel):
             raise ValueError("prompts must be non-empty strings")
         return prompts
 
-    @model_validator(mode="after")
-    def _one_source(self) -> "ManifestItem":
-        if (self.image is None) == (self.scene is None):
-            raise ValueError("give exactly one source: 'image' (a path) or 'scene' (a toy scene spec)")
-        return self
-
     def load_source(self):
-        """The source image as an RGB PIL image (rendered for a scene, at ``size`` when given)."""
-        if self.image is not None:
-            from eimsdk.images import load_image
+        """The source image as an RGB PIL image."""
+        from eimsdk.images import load_image
 
-            return load_image(self.image, name=f"item {self.id!r} image")
-        from eimsdk_toy.scenes import SceneSpec, render
+        return load_image(self.image, name=f"item {self.id!r} image")
 
-        spec = SceneSpec(**self.scene)
-        return render(spec, self.size[0]) if self.size else render(spec)
+    def mask(self, size: tuple[int, int]) -> np.ndarray | None:
+        """The (H, W) mask of the edited region at ``size``, or None when the item has no region."""
+        return None if self.region is None else self.region.to_mask(size)
 
     @property
     def group_key(self) -> str:
         """Items with the same key edit the same source."""
-        return self.group or f"{self.image or json.dumps(self.scene, sort_keys=True)}|{self.source_prompt}"
+        return self.group or f"{self.image}|{self.source_prompt}"
 
 
 def _resolve(item: ManifestItem, base: Path) -> ManifestItem:
-    if item.image is not None and not os.path.isabs(item.image):
+    if not os.path.isabs(item.image):
         item = item.model_copy(update={"image": str((base / item.image).resolve())})
     return item
 
@@ -160,7 +152,7 @@ def load_manifest(path: str | os.PathLike) -> list[ManifestItem]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"manifest {str(path)!r} does not exist; pass a .jsonl file, a PIE-Bench mapping_file.json "
-                         "or 'toy' / 'toy:SCENES' for the generated toy manifest")
+                         "or a plugin's manifest source (`eimsdk plugins --kind manifest`)")
     rows = []
     for n, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
@@ -181,20 +173,28 @@ def write_manifest(items: Iterable[ManifestItem], path: str | os.PathLike) -> Pa
     return atomic_write_text(path, text)
 
 
-def resolve_manifest(spec: str) -> list[ManifestItem]:
-    """``toy`` / ``toy:SCENES``, a PIE-Bench ``mapping_file.json`` (or its folder), or a JSONL manifest path."""
-    if spec == "toy" or spec.startswith("toy:"):
-        from eimsdk.bench.toy import toy_manifest
+def resolve_manifest(spec: str, folder: str | os.PathLike, plugin_manager: Any = None) -> list[ManifestItem]:
+    """A JSONL manifest path, a PIE-Bench ``mapping_file.json`` (or its folder), or ``SOURCE[:ARGUMENT]``.
 
-        _, _, n = spec.partition(":")
-        if n and not n.isdigit():
-            raise InputError(f"manifest {spec!r}: the toy manifest is 'toy' or 'toy:SCENES' with SCENES a number")
-        return toy_manifest(int(n)) if n else toy_manifest()
+    ``SOURCE`` is a manifest source registered by a plugin (``toy:SCENES``); it writes its images under ``folder``.
+    """
     path = Path(spec)
     if path.is_dir() and (path / "mapping_file.json").is_file():
         path = path / "mapping_file.json"
-    if path.suffix == ".json":
-        from eimsdk.bench.pie import load_pie_bench
+    if path.exists() or path.suffix in (".jsonl", ".json") or os.sep in spec:
+        if path.suffix == ".json":
+            from eimsdk.bench.pie import load_pie_bench
 
-        return load_pie_bench(path)
-    return load_manifest(path)
+            return load_pie_bench(path)
+        return load_manifest(path)
+    from eimsdk.plugins import get_plugin_manager
+
+    pm = plugin_manager or get_plugin_manager()
+    name, _, argument = spec.partition(":")
+    if name not in pm.components["manifest"]:
+        have = ", ".join(pm.names("manifest")) or "none"
+        raise InputError(f"no manifest source {name!r} is installed (installed: {have}); MANIFEST is a .jsonl file, "
+                         "a PIE-Bench mapping_file.json (or its folder), or SOURCE[:ARGUMENT] of a plugin's manifest "
+                         "source (`eimsdk plugins --kind manifest`)")
+    items = pm.load("manifest", name)(argument, Path(folder))
+    return parse_items([item.model_dump() for item in items], where=f"manifest source {spec!r}")

@@ -5,7 +5,8 @@ Rates are over every unit at a strength (a unit that failed counts as a failed e
 - success: the edited image shows every ``expected`` value;
 - preserved: every other attribute reads as in the source;
 - precise: both at once;
-- PSNR / SSIM outside the item's region, CLIP / DINO / LPIPS when configured; costs are means per unit.
+- the means of what the configured edit metrics return (one column per key, e.g. ``psnr_outside``); costs are
+  means per unit.
 
 The reader-based disentanglement uses the reference strength (the one closest to 1): ``M_ij`` is the fraction
 of edits along attribute ``i`` that changed reader ``j`` (:mod:`eimsdk.metrics.disentanglement`).
@@ -20,9 +21,6 @@ from typing import Any, Sequence
 import numpy as np
 
 from eimsdk.records import atomic_write, atomic_write_text
-
-MEANS = ("psnr", "ssim", "psnr_outside", "ssim_outside", "clip_score", "dino_similarity", "lpips_outside")
-
 
 def reference_strength(strengths: Sequence[float]) -> float:
     return min(strengths, key=lambda s: (abs(s - 1.0), -s))
@@ -47,6 +45,7 @@ def summarize(results: list[dict[str, Any]], strengths: Sequence[float],
     models = list(dict.fromkeys(model_label(r["model"]) for r in results))
     methods = list(dict.fromkeys(r["method"] for r in results))
     attributes = list(dict.fromkeys(r["attribute"] for r in results))
+    metric_keys = list(dict.fromkeys(k for r in results for e in r.get("edits", []) for k in e.get("metrics", {})))
     table: dict[str, dict[str, Any]] = {}
     for model in models:
         table[model] = {}
@@ -68,7 +67,8 @@ def summarize(results: list[dict[str, Any]], strengths: Sequence[float],
                     "preserved": _mean([e.get("preserved_all") for e in edits]),
                     "precise": _mean([None if e.get("success") is None else
                                       bool(e.get("success")) and bool(e.get("preserved_all")) for e in edits]),
-                    **{k: _mean([e.get(k) for e in edits]) for k in MEANS},
+                    "metrics": {k: v for k in metric_keys
+                                if (v := _mean([e.get("metrics", {}).get(k) for e in edits])) is not None},
                     "apply_model_evals": _mean([e.get("cost", {}).get("model_evals") for e in edits]),
                     "apply_seconds": _mean([e.get("cost", {}).get("seconds") for e in edits]),
                     "apply_peak_mb": max((e["cost"]["peak_memory_mb"] for e in edits if "cost" in e), default=None),
@@ -93,7 +93,8 @@ def summarize(results: list[dict[str, Any]], strengths: Sequence[float],
                 entry["internal"] = internal[model][method]
             table[model][method] = entry
     return {"reference_strength": ref, "strengths": list(strengths), "models": models, "methods": methods,
-            "attributes": attributes, "items": len({r["id"] for r in results}), "table": table}
+            "attributes": attributes, "metrics": metric_keys, "items": len({r["id"] for r in results}),
+            "table": table}
 
 
 # ------------------------------------------------------------------------------------------------ markdown
@@ -114,6 +115,8 @@ def command_line(config: Any) -> str:
         parts.append(f"--reader {c['reader']}")
     parts += [f"--reader-set {k}={json.dumps(v)}" for k, v in c.get("reader_config", {}).items()]
     parts += [f"--manip-set {k}={json.dumps(v)}" for k, v in c.get("manipulator_config", {}).items()]
+    if c.get("metrics", ["psnr", "ssim"]) != ["psnr", "ssim"]:
+        parts.append("--metrics " + " ".join(c["metrics"]))
     if c.get("internal"):
         parts.append(f"--internal {c['internal']}")
     return " ".join(parts)
@@ -135,16 +138,17 @@ def markdown(summary: dict[str, Any], config: Any, plots: list[str]) -> str:
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += [
         "", f"## Editing (strength {ref})", "",
-        "| model | method | success | preserved | precise | PSNR out | SSIM out | find evals | find s | apply evals "
-        "| apply s | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | method | success | preserved | precise | " + "".join(f"{k} | " for k in summary["metrics"])
+        + "find evals | find s | apply evals | apply s | errors |",
+        "|---|---|---|---|---|" + "---|" * (len(summary["metrics"]) + 5),
     ]
     for model, methods in summary["table"].items():
         for method, e in methods.items():
             r = e["by_strength"].get(ref, {})
+            scores = "".join(f"{_fmt(r.get('metrics', {}).get(k), 3)} | " for k in summary["metrics"])
             lines.append(f"| {model} | {method} | {_fmt(r.get('success'))} | {_fmt(r.get('preserved'))} | "
-                         f"{_fmt(r.get('precise'))} | {_fmt(r.get('psnr_outside'), 1)} | {_fmt(r.get('ssim_outside'), 3)} "
-                         f"| {_fmt(e.get('find_model_evals'), 0)} | {_fmt(e.get('find_seconds'))} | "
+                         f"{_fmt(r.get('precise'))} | {scores}"
+                         f"{_fmt(e.get('find_model_evals'), 0)} | {_fmt(e.get('find_seconds'))} | "
                          f"{_fmt(r.get('apply_model_evals'), 0)} | {_fmt(r.get('apply_seconds'))} | {e['errors']} |")
     lines += ["", "## Disentanglement", "",
               "Reader-based D (DCI-style, 1 = each edit moves one reader) and its targeted share (mean p_ii); "

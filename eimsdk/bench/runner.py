@@ -26,7 +26,7 @@ from eimsdk.bench.manifest import ManifestItem, write_manifest
 from eimsdk.errors import EimsdkError, InputError
 from eimsdk.records import atomic_write_text
 
-RESULT_VERSION = 1
+RESULT_VERSION = 2
 
 
 class BenchConfig(BaseModel):
@@ -52,9 +52,8 @@ class BenchConfig(BaseModel):
     save_images: bool = True
     save_directions: bool = False
     internal: int = Field(0, ge=0, description="groups (sources) for the reader-free score; 0 = off")
-    clip_model: str | None = Field(None, description="local CLIP folder: CLIP score of edits vs target prompts")
-    dino_model: str | None = Field(None, description="local DINO folder: DINO similarity of source and edit")
-    lpips: bool = Field(False, description="LPIPS outside the region (needs the lpips package)")
+    metrics: list[str] = Field(default_factory=lambda: ["psnr", "ssim"],
+                               description="edit metric names with optional :key=value,... settings")
 
     @field_validator("strengths")
     @classmethod
@@ -93,18 +92,25 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def parse_method(spec: str, manipulator_fields: Sequence[str] = ()) -> MethodSpec:
-    """``name`` or ``name:key=value,key=value`` -> :class:`MethodSpec` (values parsed as JSON when possible)."""
+def parse_named(spec: str, what: str) -> tuple[str, dict[str, Any]]:
+    """``name`` or ``name:key=value,key=value`` -> (name, settings), values parsed as JSON when possible."""
     name, _, rest = spec.partition(":")
     if not name:
-        raise InputError(f"method {spec!r} has no finder name; write NAME or NAME:key=value,...")
-    finder_cfg: dict[str, Any] = {}
-    manip_cfg: dict[str, Any] = {}
+        raise InputError(f"{what} {spec!r} has no name; write NAME or NAME:key=value,...")
+    settings: dict[str, Any] = {}
     for part in filter(None, rest.split(",")):
         key, sep, value = part.partition("=")
         if not sep or not key:
-            raise InputError(f"method {spec!r}: override {part!r} must be key=value")
-        (manip_cfg if key in manipulator_fields else finder_cfg)[key] = parse_value(value)
+            raise InputError(f"{what} {spec!r}: override {part!r} must be key=value")
+        settings[key] = parse_value(value)
+    return name, settings
+
+
+def parse_method(spec: str, manipulator_fields: Sequence[str] = ()) -> MethodSpec:
+    """A ``--methods`` entry; an override goes to the manipulator when its config has that field."""
+    name, settings = parse_named(spec, "method")
+    manip_cfg = {k: v for k, v in settings.items() if k in manipulator_fields}
+    finder_cfg = {k: v for k, v in settings.items() if k not in manipulator_fields}
     return MethodSpec(label=spec, finder=name, finder_config=finder_cfg, manipulator_config=manip_cfg)
 
 
@@ -131,8 +137,7 @@ def unit_key(item: ManifestItem, model: str, method: MethodSpec, config: BenchCo
     """Hash of everything that determines a unit's result (not the device, not the image flags)."""
     payload = {"v": RESULT_VERSION, "item": item.model_dump(), "model": model, "method": method.label,
                **config.model_dump(include={"strengths", "reader", "reader_config", "manipulator", "manipulator_config",
-                                            "dtype", "size", "seed", "numeric_tolerance", "clip_model", "dino_model",
-                                            "lpips"})}
+                                            "dtype", "size", "seed", "numeric_tolerance", "metrics"})}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -172,6 +177,7 @@ class Runner:
             self._manipulator(m)
         self.reader = self._reader()
         self.rank, self.world_size, self.local_rank = dist_env()
+        self.metrics = {spec: self._metric(spec) for spec in self.config.metrics}
 
     # ---------------------------------------------------------------------------------------------- setup
     def _finder(self, method: MethodSpec):
@@ -187,6 +193,19 @@ class Runner:
             return cls(**{**self.config.manipulator_config, **method.manipulator_config})
         except ValidationError as exc:
             raise InputError(f"method {method.label!r}: invalid manipulator settings: {exc}") from None
+
+    def _metric(self, spec: str):
+        """The edit metric of a ``--metrics`` entry, built with its settings (and this rank's device)."""
+        import inspect
+
+        name, settings = parse_named(spec, "metric")
+        cls = self.pm.load("metric", name)
+        if "device" in inspect.signature(cls).parameters:
+            settings.setdefault("device", self._device())
+        try:
+            return cls(**settings)
+        except (TypeError, ValidationError) as exc:
+            raise InputError(f"metric {spec!r}: invalid settings: {exc}") from None
 
     def _reader(self):
         reader = self.pm.load("reader", self.config.reader)(**self.config.reader_config)
@@ -254,8 +273,9 @@ class Runner:
     def _run_model(self, model: str, units: list[tuple[ManifestItem, MethodSpec]], bar) -> None:
         from eimsdk.editor import Editor
 
-        editor = Editor.from_pretrained(model, device=self._device(), dtype=self.config.dtype, plugin_manager=self.pm)
-        extras = self._extra_metrics()
+        loaded = Editor.from_pretrained(model, device=self._device(), dtype=self.config.dtype, plugin_manager=self.pm)
+        editor = Editor(loaded.encoder, plugin_manager=self.pm, manipulator=self.config.manipulator,
+                        manipulator_config=self.config.manipulator_config)
         by_item: dict[str, list[MethodSpec]] = {}
         items = {}
         for item, method in units:
@@ -263,17 +283,14 @@ class Runner:
             items[item.id] = item
         for item_id, methods in by_item.items():
             item = items[item_id]
-            source = _Source(editor.encoder, item, self.config, self.reader, self.out, model)
+            source = _Source(editor, item, self.config, self.reader, self.out, model)
             for method in methods:
-                self._run_unit(editor.encoder, source, model, method, extras)
+                self._run_unit(editor, source, model, method)
                 if bar is not None:
                     bar.set_postfix_str(f"{model_label(model)} {method.label} {item.id}", refresh=False)
                     bar.update(1)
 
-    def _run_unit(self, encoder, source: "_Source", model: str, method: MethodSpec, extras: dict[str, Any]
-                  ) -> dict[str, Any]:
-        from eimsdk.metrics.editing import run_edit
-
+    def _run_unit(self, editor, source: "_Source", model: str, method: MethodSpec) -> dict[str, Any]:
         item, cfg = source.item, self.config
         path = result_path(self.out, model, method, item.id)
         seed = item_seed(item.id, cfg.seed)
@@ -282,55 +299,50 @@ class Runner:
             "key": unit_key(item, model, method, cfg), "source_prompt": item.source_prompt,
             "target_prompts": item.target_prompts, "expected": item.expected, "group": item.group_key,
             "source_read": source.read, "source_image": source.image_path, "edits": [],
-            "worker": {"rank": self.rank, "world_size": self.world_size, "device": str(encoder.device)},
+            "worker": {"rank": self.rank, "world_size": self.world_size, "device": str(editor.encoder.device)},
         }
         try:
-            run = run_edit(encoder, self._finder(method), self._manipulator(method), source.latent,
-                           [item.source_prompt] * len(item.target_prompts), item.target_prompts, cfg.strengths,
-                           seed=seed, preserve_prompts=item.preserve_prompts)
+            direction = editor.find_direction(None, [item.source_prompt] * len(item.target_prompts),
+                                              item.target_prompts, method=method.finder, seed=seed,
+                                              preserve_prompts=item.preserve_prompts, latent=source.latent,
+                                              **method.finder_config)
+            edits = [editor.apply(None, item.source_prompt, direction, s, latent=source.latent,
+                                  **method.manipulator_config) for s in cfg.strengths]
         except EimsdkError as exc:
             record["error"] = f"{type(exc).__name__}: {exc}"
             atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True))
             return record
-        record["find_cost"] = run.find_cost.as_dict()
+        record["find_cost"] = direction.meta["cost"]
         if cfg.save_directions or cfg.internal:
-            run.direction.save(path.with_suffix("") / "direction.safetensors")
-        for edit in run.edits:
-            record["edits"].append(self._score_edit(source, edit, path, extras))
+            direction.save(path.with_suffix("") / "direction.safetensors")
+        for strength, edit in zip(cfg.strengths, edits):
+            record["edits"].append(self._score_edit(source, strength, edit, path))
         atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True))
         return record
 
-    def _score_edit(self, source: "_Source", edit, path: Path, extras: dict[str, Any]) -> dict[str, Any]:
+    def _score_edit(self, source: "_Source", strength: float, edit, path: Path) -> dict[str, Any]:
         from eimsdk.metrics.disentanglement import reader_changes
-        from eimsdk.metrics.pixels import psnr, ssim
         from eimsdk.records import save_image
 
         item = source.item
-        image = edit.images[0]
+        image = edit.image
+        pixels = edit.pixels[0]  # (3, H, W) in [-1, 1]
         read = self.reader.read([image])[0]
         expected = item.expected
         success = all(_same(read.get(k), v, self.config.numeric_tolerance) for k, v in expected.items()) if expected \
             else None
         preserved = {a: _same(read[a], source.read[a], self.config.numeric_tolerance) for a in source.read
                      if a not in expected and a != item.attribute}
+        scores = {k: _r(v) for metric in self.metrics.values() for k, v in metric(source.pixels, pixels,
+                                                                                  item=item).items()}
         rec: dict[str, Any] = {
-            "strength": edit.strength, "read": read, "success": success, "preserved": preserved,
+            "strength": strength, "read": read, "success": success, "preserved": preserved,
             "preserved_all": all(preserved.values()) if preserved else None,
             "changes": reader_changes(source.read, read), "deltas": self._deltas(source, image, read),
-            "psnr": _r(psnr(source.pixels, edit.pixels)), "ssim": _r(ssim(source.pixels, edit.pixels)),
-            "cost": edit.cost.as_dict(),
+            "metrics": scores, "cost": edit.cost.as_dict(),
         }
-        if source.region is not None:
-            rec["psnr_outside"] = _r(psnr(source.pixels, edit.pixels, source.region))
-            rec["ssim_outside"] = _r(ssim(source.pixels, edit.pixels, source.region))
-        if "clip" in extras:
-            rec["clip_score"] = _r(extras["clip"]([image], [item.target_prompts[0]])[0])
-        if "dino" in extras:
-            rec["dino_similarity"] = _r(extras["dino"]([source.pil], [image])[0])
-        if "lpips" in extras:
-            rec["lpips_outside"] = _r(extras["lpips"](source.pixels, edit.pixels, source.region))
         if self.config.save_images:
-            name = f"s{edit.strength:+g}.png"
+            name = f"s{strength:+g}.png"
             save_image(image, path.with_suffix("") / name)
             rec["image"] = str((path.with_suffix("") / name).relative_to(self.out))
         return rec
@@ -344,19 +356,6 @@ class Runner:
         after = self.reader.probabilities([image])[0]
         return {a: _r(0.5 * sum(abs(p.get(k, 0.0) - after[a].get(k, 0.0)) for k in set(p) | set(after[a])))
                 for a, p in source.probabilities.items()}
-
-    def _extra_metrics(self) -> dict[str, Any]:
-        from eimsdk.metrics.pretrained import ClipScore, DinoSimilarity, LpipsDistance
-
-        extras: dict[str, Any] = {}
-        device = self._device()
-        if self.config.clip_model:
-            extras["clip"] = ClipScore(self.config.clip_model, device=device)
-        if self.config.dino_model:
-            extras["dino"] = DinoSimilarity(self.config.dino_model, device=device)
-        if self.config.lpips:
-            extras["lpips"] = LpipsDistance(device=device)
-        return extras
 
     # ---------------------------------------------------------------------------------------------- merging
     def _barrier(self) -> None:
@@ -435,21 +434,19 @@ def collect_results(out: str | os.PathLike, items: Sequence[ManifestItem], confi
 
 
 class _Source:
-    """One item's source under one model: latent, pixels at model size, readings, region."""
+    """One item's source under one model: latent, pixels at model size, readings."""
 
-    def __init__(self, encoder, item: ManifestItem, config: BenchConfig, reader, out: Path, model: str) -> None:
+    def __init__(self, editor, item: ManifestItem, config: BenchConfig, reader, out: Path, model: str) -> None:
         from eimsdk.images import to_pil
-        from eimsdk.metrics.editing import source_pixels
         from eimsdk.records import save_image
 
         self.item = item
         image = item.load_source()
-        self.latent = encoder.encode(image, item.source_prompt, size=item.size or config.size)
-        self.pixels = source_pixels(encoder, image, self.latent)[0]  # (3, H, W) in [-1, 1]
+        self.latent = editor.encode(image, item.source_prompt, size=item.size or config.size)
+        self.pixels = editor.source_pixels(image, self.latent)[0]  # (3, H, W) in [-1, 1]
         self.pil = to_pil(self.pixels[None])[0]
         self.read = reader.read([self.pil])[0]
         self.probabilities = reader.probabilities([self.pil])[0] if hasattr(reader, "probabilities") else None
-        self.region = item.region.to_mask(tuple(self.pixels.shape[-2:])) if item.region is not None else None
         self.image_path = None
         if config.save_images:
             rel = Path("items") / model_label(model) / "_sources" / f"{item.id}.png"

@@ -31,11 +31,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from eimsdk.autodiff import Linearization
+from eimsdk.cost import CostMeter
 from eimsdk.errors import InputError, NumericalError
 from eimsdk.interfaces import DirectionFinder, Encoder
 from eimsdk.methods.cg import conjugate_gradient
 from eimsdk.methods.text import text_direction
-from eimsdk.records import Conditioning, Cost, Direction, JointLatent, Timer
+from eimsdk.records import Conditioning, Direction, JointLatent
 
 
 class SamplingConfig(BaseModel):
@@ -161,24 +162,19 @@ class ScoreFinder(DirectionFinder):
                                                        preserve_prompts, seed)
         used_seed = getattr(self.config, "seed", None)
         used_seed = seed if used_seed is None else used_seed
-        snap = encoder.counter.snapshot()
-        with Timer(encoder.device) as timer:
+        with CostMeter(encoder) as meter:
             dc = text_direction(encoder, sources, targets)
             dz, info = self.image_part(encoder, latent, dc, preserve, used_seed)
         if not torch.isfinite(dz).all() or not dc.is_finite():
             raise NumericalError(f"{self.name} produced a non-finite direction ({'dz' if dc.is_finite() else 'dc'}); "
                                  "compute in float32, lower guidance_scale, or raise lam")
-        counts = encoder.counter.since(snap)
-        cost = Cost(model_evals=counts["model_evals"], forwards=int(counts["forwards"]), jvps=int(counts["jvps"]),
-                    vjps=int(counts["vjps"]), seconds=timer.seconds, peak_memory_bytes=timer.peak,
-                    memory_kind=timer.kind)
         from eimsdk import __version__
 
         meta = {"name": _pair_name(sources[0], targets[0]), "method": self.name, "family": encoder.family,
                 "model_id": encoder.model_id, "signature": encoder.signature(),
                 "prompts": {"source": sources, "target": targets, "preserve": preserve},
                 "config": self.config.model_dump(), "seed": used_seed, "eimsdk_version": __version__,
-                "image_size": list(latent.image_size) if latent.image_size else None, "cost": cost.as_dict(), **info}
+                "image_size": list(latent.image_size) if latent.image_size else None, "cost": meter.cost.as_dict(), **info}
         return Direction(dz.to(latent.z0.dtype), dc.to(latent.z0.dtype), meta)
 
     @abstractmethod

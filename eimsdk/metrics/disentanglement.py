@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from eimsdk.errors import InputError
-from eimsdk.interfaces import AttributeReader, DirectionFinder, Encoder, Manipulator, Metric
+from eimsdk.interfaces import AttributeReader
+
+if TYPE_CHECKING:
+    from eimsdk.editor import Editor
 
 
 @dataclass
@@ -108,16 +111,6 @@ def dci_disentanglement(matrix: ResponseMatrix | np.ndarray | Sequence[Sequence[
                                  matrix=ResponseMatrix(m, rows, cols, counts))
 
 
-class DCIDisentanglement(Metric):
-    """Reader-based disentanglement score of a response matrix (see the module docstring for the formula)."""
-
-    name = "dci"
-
-    def __call__(self, matrix: ResponseMatrix | np.ndarray, rows: Sequence[str] | None = None,
-                 cols: Sequence[str] | None = None) -> DisentanglementResult:
-        return dci_disentanglement(matrix, rows, cols)
-
-
 # ------------------------------------------------------------------------------------------ building M
 def reader_changes(source: Mapping[str, Any], edited: Mapping[str, Any]) -> dict[str, float]:
     """Per attribute: 1.0 if a categorical reading changed (else 0.0), the absolute change for numbers."""
@@ -166,16 +159,15 @@ class EditTask:
     target_prompts: list[str]
 
 
-def build_response_matrix(encoder: Encoder, finder: DirectionFinder, manipulator: Manipulator,
-                          reader: AttributeReader, tasks: Sequence[EditTask], *, strength: float = 1.0,
-                          seed: int = 0, size: tuple[int, int] | None = None,
-                          progress: bool = False) -> ResponseMatrix:
+def build_response_matrix(editor: "Editor", reader: AttributeReader, tasks: Sequence[EditTask], *,
+                          method: str = "hsds", strength: float = 1.0, seed: int = 0,
+                          size: tuple[int, int] | None = None, progress: bool = False,
+                          **finder_config: Any) -> ResponseMatrix:
     """Edit every task's image along its attribute's direction and average how each reader changes into ``M``.
 
     Rows are the tasks' attributes (in first-seen order), columns every attribute the reader reads. Task ``k``
-    uses seed ``seed + k``.
+    uses seed ``seed + k``; ``editor`` finds with ``method`` and applies with its own manipulator.
     """
-    from eimsdk.metrics.editing import run_edit, source_pixels
     from eimsdk.images import to_pil
 
     if not tasks:
@@ -191,11 +183,11 @@ def build_response_matrix(encoder: Encoder, finder: DirectionFinder, manipulator
 
         iterator = tqdm(iterator, total=len(tasks), desc="response matrix")
     for k, task in iterator:
-        latent = encoder.encode(task.image, task.prompt, size=size)
-        run = run_edit(encoder, finder, manipulator, latent, [task.prompt] * len(task.target_prompts),
-                       task.target_prompts, [strength], seed=seed + k)
-        source = to_pil(source_pixels(encoder, task.image, latent))
-        before, after = reader.read(source + run.edits[0].images)
+        latent = editor.encode(task.image, task.prompt, size=size)
+        direction = editor.find_direction(None, [task.prompt] * len(task.target_prompts), task.target_prompts,
+                                          method=method, seed=seed + k, latent=latent, **finder_config)
+        edit = editor.apply(None, task.prompt, direction, strength, latent=latent)
+        before, after = reader.read(to_pil(editor.source_pixels(task.image, latent)) + edit.images)
         records.append((task.attribute, reader_changes(before, after)))
     rows = list(dict.fromkeys(t.attribute for t in tasks))
     return matrix_from_changes(records, rows, list(reader.attributes))

@@ -26,7 +26,7 @@ from einops import rearrange, repeat
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from eimsdk.errors import InputError
-from eimsdk.interfaces import Encoder, Metric
+from eimsdk.interfaces import Encoder
 from eimsdk.records import Conditioning, Direction, JointLatent
 
 
@@ -67,7 +67,7 @@ class OverlapResult:
                 "response_norm": {k: round(v, 6) for k, v in self.response_norm.items()}}
 
 
-class ResponseOverlap(Metric):
+class ResponseOverlap:
     """Reader-free disentanglement score from the overlap of attribute directions' responses (module docstring)."""
 
     name = "response-overlap"

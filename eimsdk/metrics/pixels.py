@@ -13,14 +13,14 @@ nothing inside it can count, and the average runs over the outside pixels only.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from eimsdk.errors import InputError
-from eimsdk.interfaces import Metric
+from eimsdk.interfaces import EditMetric
 
 PSNR_CAP = 100.0
 _WINDOW, _SIGMA, _C1, _C2 = 11, 1.5, 0.01**2, 0.03**2
@@ -95,19 +95,29 @@ def ssim(source: Any, edited: Any, region: np.ndarray | torch.Tensor | None = No
     return float((smap.mean(dim=0) * keep).sum() / keep.sum())
 
 
-class PSNR(Metric):
-    """PSNR between source and edit, outside an optional edited region."""
+class PSNR(EditMetric):
+    """``psnr`` of source and edit, and ``psnr_outside`` the item's edited region when it has one."""
 
     name = "psnr"
 
-    def __call__(self, source: Any, edited: Any, region: np.ndarray | torch.Tensor | None = None) -> float | None:
-        return psnr(source, edited, region)
+    def __call__(self, source: torch.Tensor, edited: torch.Tensor, *, item: Any) -> dict[str, float | None]:
+        return whole_and_outside(psnr, self.name, source, edited, item)
 
 
-class SSIM(Metric):
-    """SSIM between source and edit, outside an optional edited region."""
+class SSIM(EditMetric):
+    """``ssim`` of source and edit, and ``ssim_outside`` the item's edited region when it has one."""
 
     name = "ssim"
 
-    def __call__(self, source: Any, edited: Any, region: np.ndarray | torch.Tensor | None = None) -> float | None:
-        return ssim(source, edited, region)
+    def __call__(self, source: torch.Tensor, edited: torch.Tensor, *, item: Any) -> dict[str, float | None]:
+        return whole_and_outside(ssim, self.name, source, edited, item)
+
+
+def whole_and_outside(fn: Callable[..., float | None], name: str, source: torch.Tensor, edited: torch.Tensor,
+                      item: Any) -> dict[str, float | None]:
+    """``{name: fn(source, edited)}``, plus ``name_outside`` over the pixels outside the item's region."""
+    out = {name: fn(source, edited)}
+    region = item.mask(tuple(source.shape[-2:]))
+    if region is not None:
+        out[f"{name}_outside"] = fn(source, edited, region)
+    return out

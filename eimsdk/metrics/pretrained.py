@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from eimsdk.errors import InputError
-from eimsdk.interfaces import AttributeReader, Metric
+from eimsdk.interfaces import AttributeReader, EditMetric
 
 
 class MissingWeightsError(InputError, FileNotFoundError):
@@ -149,7 +149,7 @@ class ClipProbeReader(AttributeReader):
         return [{a: max(p, key=p.get) for a, p in item.items()} for item in self.probabilities(images)]
 
 
-class ClipScore(Metric):
+class ClipScore(EditMetric):
     """CLIP score of edited images against their target prompts (100 x clipped cosine), from a local CLIP folder."""
 
     name = "clip-score"
@@ -157,7 +157,12 @@ class ClipScore(Metric):
     def __init__(self, model_path: str | Path | None = None, *, device: str | torch.device = "cpu") -> None:
         self.clip = _Clip(model_path, "ClipScore model_path", device)
 
-    def __call__(self, images: Any, prompts: Sequence[str]) -> list[float]:
+    def __call__(self, source: torch.Tensor, edited: torch.Tensor, *, item: Any) -> dict[str, float | None]:
+        """``clip_score`` of the edit against the item's first target prompt."""
+        return {"clip_score": self.score(edited, [item.target_prompts[0]])[0]}
+
+    def score(self, images: Any, prompts: Sequence[str]) -> list[float]:
+        """One score per image, against its prompt."""
         pil = _pil_images(images)
         if len(prompts) != len(pil):
             raise InputError(f"got {len(prompts)} prompts for {len(pil)} images; pass one prompt per image")
@@ -165,7 +170,7 @@ class ClipScore(Metric):
         return [100.0 * max(float(c), 0.0) for c in (img * txt).sum(dim=1)]
 
 
-class DinoSimilarity(Metric):
+class DinoSimilarity(EditMetric):
     """Cosine similarity of DINO [CLS] features of source and edited images, from a local DINO/DINOv2 folder."""
 
     name = "dino-similarity"
@@ -188,14 +193,19 @@ class DinoSimilarity(Metric):
         hidden = self.model(pixel_values=pixels.to(self.device, self.model.dtype)).last_hidden_state  # (B, T, D)
         return torch.nn.functional.normalize(hidden[:, 0].float(), dim=-1)  # (B, D)
 
-    def __call__(self, sources: Any, edited: Any) -> list[float]:
+    def __call__(self, source: torch.Tensor, edited: torch.Tensor, *, item: Any) -> dict[str, float | None]:
+        """``dino_similarity`` of source and edit."""
+        return {"dino_similarity": self.similarity(source, edited)[0]}
+
+    def similarity(self, sources: Any, edited: Any) -> list[float]:
+        """One cosine per (source, edited) pair."""
         a, b = self.features(sources), self.features(edited)
         if a.shape != b.shape:
             raise InputError(f"got {a.shape[0]} sources for {b.shape[0]} edited images; pass pairs")
         return [float(c) for c in (a * b).sum(dim=1)]
 
 
-class LpipsDistance(Metric):
+class LpipsDistance(EditMetric):
     """LPIPS between source and edited images (lower = more alike), outside an optional edited region.
 
     Needs the ``lpips`` package and its backbone's ImageNet weights in the torch hub cache; nothing is downloaded.
@@ -219,8 +229,15 @@ class LpipsDistance(Metric):
                                       f"its torchvision weights into {torch.hub.get_dir()}/checkpoints") from exc
         self.device = torch.device(device)
 
+    def __call__(self, source: torch.Tensor, edited: torch.Tensor, *, item: Any) -> dict[str, float | None]:
+        """``lpips`` of source and edit, and ``lpips_outside`` the item's edited region when it has one."""
+        from eimsdk.metrics.pixels import whole_and_outside
+
+        return whole_and_outside(self.distance, self.name, source, edited, item)
+
     @torch.no_grad()
-    def __call__(self, source: Any, edited: Any, region: np.ndarray | None = None) -> float:
+    def distance(self, source: Any, edited: Any, region: np.ndarray | None = None) -> float:
+        """LPIPS of one pair, outside ``region`` when given."""
         from eimsdk.metrics.pixels import _prepare
 
         a, b, _ = _prepare(source, edited, region)  # (3, H, W) in [0, 1], region zeroed in both

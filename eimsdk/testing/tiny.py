@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from eimsdk.testing.tokenizers import build_clip_tokenizer, build_t5_tokenizer
+from eimsdk.tokenizers import build_clip_tokenizer, build_t5_tokenizer
 
 FAMILIES = ("pixart", "pixart-sigma", "sd3", "flux")
 

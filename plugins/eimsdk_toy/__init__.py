@@ -1,4 +1,4 @@
-"""The ground-truth toy world: rendered scenes, exact attribute readers, trained tiny DiTs.
+"""The ground-truth toy world: rendered scenes, exact attribute readers, trained tiny DiTs, a benchmark, a demo.
 
 Importing this module is cheap (no torch): scenes, readers and models load when used.
 """
@@ -82,3 +82,15 @@ def register_models(register):
     register("toy-pixart", "eimsdk_toy:default_model_path", description="toy PixArt-alpha trained on scenes")
     register("toy-sd3", "eimsdk_toy:sd3_model_path", description="toy Stable Diffusion 3 trained on scenes")
     register("toy-flux", "eimsdk_toy:flux_model_path", description="toy FLUX.1 (schnell-like) trained on scenes")
+
+
+@eimsdk.hookimpl
+def register_manifests(register):
+    register("toy", "eimsdk_toy.bench:toy_manifest_source",
+             description="toy[:SCENES[:SEED]]: seeded toy scenes, each edited along every attribute")
+
+
+@eimsdk.hookimpl
+def register_commands(register):
+    register("demo", "eimsdk_toy.demo:demo_command",
+             description="the embedded default: edit a toy scene with HSDS (no download, ~1 minute)")

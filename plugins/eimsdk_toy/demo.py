@@ -7,12 +7,22 @@ edit back with the exact readers, and write ``grid.png``, ``report.json`` and th
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from pathlib import Path
+from typing import Callable
 
 STRENGTHS = (0.0, 0.5, 1.0, 1.5)
 METHODS = ("hsds", "text")
+
+
+def demo_command(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    """``eimsdk demo``: its arguments, and the handler that runs it."""
+    parser.add_argument("--out", default="eimsdk-demo", help="output folder")
+    parser.add_argument("--family", default="pixart", choices=["pixart", "sd3", "flux"])
+    parser.add_argument("--seed", type=int, default=0)
+    return lambda args: run_demo(out=args.out, family=args.family, seed=args.seed)
 
 
 def run_demo(out: str | Path = "eimsdk-demo", family: str = "pixart", seed: int = 0,

@@ -9,7 +9,7 @@ Every family gets the pipeline its real models use, with the same component clas
 All three share one tiny trained ``AutoencoderKL`` (32x32 RGB <-> 4x16x16 latents, factor 2), so every
 transformer sees 64 image tokens (patch 2 for PixArt/SD3, Flux's 2x2 packing with patch 1). The text encoders
 are random and frozen (seeded, rounded to fp16 so the shipped weights are exactly the trained ones), on the
-offline tokenizers of :mod:`eimsdk.testing.tokenizers`; the transformer learns to read them.
+offline tokenizers of :mod:`eimsdk.tokenizers`; the transformer learns to read them.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from eimsdk.testing.tokenizers import build_clip_tokenizer, build_t5_tokenizer
+from eimsdk.tokenizers import build_clip_tokenizer, build_t5_tokenizer
 
 FAMILIES: tuple[str, ...] = ("pixart", "sd3", "flux")
 PIPELINES: dict[str, str] = {"pixart": "PixArtAlphaPipeline", "sd3": "StableDiffusion3Pipeline",

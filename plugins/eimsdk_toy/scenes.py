@@ -4,7 +4,7 @@ A scene has a shape (circle, square, triangle), a colour (red, green, blue, yell
 four quadrants), a size (small, large) and a background (black, white), plus a small seeded jitter of the
 object's centre and extent so that no two scenes are pixel-identical. Geometry is defined on the unit square
 and rendered at any size with 8x supersampling and box downsampling (exact area coverage, deterministic).
-Captions use only words of :data:`eimsdk.testing.tokenizers.WORDS`, so the offline tokenizers read every word.
+Captions use only words of :data:`eimsdk.tokenizers.WORDS`, so the offline tokenizers read every word.
 """
 
 from __future__ import annotations
