@@ -62,3 +62,21 @@ def test_clear_errors():
         ssim(_image(), _image(), np.zeros((8, 8), bool))
     with pytest.raises(InputError, match="too small"):
         ssim(_image(0, 4), _image(1, 4))
+
+
+def test_edit_metrics_score_the_whole_image_and_outside_the_item_region():
+    from eimsdk.bench.manifest import ManifestItem, Region
+    from eimsdk.metrics.pixels import PSNR, SSIM
+
+    a = torch.full((3, 16, 16), 0.2) * 2 - 1
+    b = a.clone()
+    b[:, :4] = 0.5 * 2 - 1  # change the top four rows only
+    region = np.zeros((16, 16), bool)
+    region[:4] = True
+    item = ManifestItem(id="a", image="x.png", source_prompt="p", attribute="colour", target_prompts=["q"])
+    with_region = item.model_copy(update={"region": Region.from_mask(region)})
+    assert PSNR()(a, b, item=item) == {"psnr": pytest.approx(psnr(a, b))}
+    scores = PSNR()(a, b, item=with_region)
+    assert scores["psnr_outside"] == PSNR_CAP and scores["psnr"] < 20.0
+    assert SSIM()(a, b, item=with_region)["ssim_outside"] == pytest.approx(1.0)
+    assert set(SSIM()(a, b, item=item)) == {"ssim"}

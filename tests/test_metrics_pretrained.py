@@ -113,6 +113,13 @@ def test_clip_score(clip_folder):
     assert score.score(images[:1], ["a red circle"])[0] == pytest.approx(values[0], abs=1e-4)
     with pytest.raises(ValueError, match="one prompt per image"):
         score.score(images, ["a red circle"])
+    from eimsdk.bench.manifest import ManifestItem
+    from eimsdk.images import to_model_tensor
+
+    item = ManifestItem(id="a", image="x.png", source_prompt="a circle", attribute="colour",
+                        target_prompts=["a blue square", "a red circle"])
+    edited = to_model_tensor(images[1], multiple=8)[0][0]  # (3, H, W) in [-1, 1]
+    assert score(edited, edited, item=item) == {"clip_score": pytest.approx(values[1], abs=1e-3)}
 
 
 def test_dino_similarity(tmp_path):
@@ -127,6 +134,10 @@ def test_dino_similarity(tmp_path):
     a, b = _images(2)
     same, other = dino.similarity([a, a], [a, b])
     assert same == pytest.approx(1.0, abs=1e-5) and other < same
+    from eimsdk.images import to_model_tensor
+
+    pixels_a, pixels_b = (to_model_tensor(im, multiple=8)[0][0] for im in (a, b))
+    assert dino(pixels_a, pixels_b, item=None) == {"dino_similarity": pytest.approx(other, abs=1e-4)}
 
 
 def test_lpips_fails_clearly_without_its_package():
