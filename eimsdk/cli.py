@@ -10,21 +10,9 @@ from typing import Any, Sequence
 
 from eimsdk.hookspecs import KINDS
 
+from eimsdk.bench.cli import add_bench_parser, parse_settings, run_bench
+
 DEFAULT_MODEL = "toy-pixart"
-
-
-def _kv(items: Sequence[str] | None) -> dict[str, Any]:
-    """``key=value`` pairs -> dict, values parsed as JSON when possible (``lam=0.1``, ``k=4``)."""
-    out: dict[str, Any] = {}
-    for item in items or ():
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"eimsdk: error: --set expects key=value, got {item!r}")
-        try:
-            out[key] = json.loads(value)
-        except ValueError:
-            out[key] = value
-    return out
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -102,8 +90,6 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--strengths", default="-1,-0.5,0,0.5,1", help="comma-separated strengths")
     q.add_argument("--out", required=True, help="grid image (.png)")
 
-    from eimsdk.bench.cli import add_bench_parser
-
     add_bench_parser(sub)
     _add_plugin_commands(sub)
     return parser
@@ -115,11 +101,9 @@ def _add_plugin_commands(sub: Any) -> None:
     from eimsdk.plugins import get_plugin_manager
 
     for comp in get_plugin_manager().list("command"):
-        if comp.name in sub.choices:
-            print(f"eimsdk: command {comp.name!r} of plugin {comp.plugin!r} is skipped: the name is taken",
-                  file=sys.stderr)
-            continue
         try:
+            if comp.name in sub.choices:
+                raise PluginError(f"plugin {comp.plugin!r} registers it, but the name is taken")
             configure = comp.load()
         except PluginError as exc:
             print(f"eimsdk: command {comp.name!r} is skipped: {exc}", file=sys.stderr)
@@ -204,7 +188,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     editor = _editor(args)
     result = editor.edit(args.image, args.prompt, args.target, args.strength, method=args.method, seed=args.seed,
                          preserve_prompts=args.preserve, size=tuple(args.size) if args.size else None,
-                         restore_size=args.restore_size, finder_config=_kv(args.set))
+                         restore_size=args.restore_size, finder_config=parse_settings(args.set, "--set"))
     out = save_image(result.image, args.out)
     print(f"wrote {out}")
     if result.direction is not None:
@@ -224,7 +208,7 @@ def cmd_direction(args: argparse.Namespace) -> int:
     if args.direction_command == "find":
         prompts = [args.prompt] * len(args.target)
         d = editor.find_direction(args.image, prompts, args.target, method=args.method,
-                                  preserve_prompts=args.preserve, seed=args.seed, size=size, **_kv(args.set))
+                                  preserve_prompts=args.preserve, seed=args.seed, size=size, **parse_settings(args.set, "--set"))
         print(f"wrote {d.save(args.out)}")
         if "cost" in d.meta:
             c = d.meta["cost"]
@@ -258,15 +242,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    handlers = {"plugins": cmd_plugins, "generate": cmd_generate, "edit": cmd_edit, "direction": cmd_direction}
-    if args.command == "bench":
-        from eimsdk.bench.cli import run_bench
-
-        handlers["bench"] = run_bench
+    handlers = {"plugins": cmd_plugins, "generate": cmd_generate, "edit": cmd_edit, "direction": cmd_direction,
+                "bench": run_bench}
     from eimsdk.errors import EimsdkError
 
     try:
-        return int(handlers.get(args.command, getattr(args, "handler", None))(args) or 0)
+        return int((handlers.get(args.command) or args.handler)(args) or 0)
     except EimsdkError as exc:
         print(f"eimsdk: error: {exc}", file=sys.stderr)
         return 2

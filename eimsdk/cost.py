@@ -92,22 +92,21 @@ def _rss() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-class CostMeter:
+class CostMeter(Timer):
     """``with CostMeter(encoder) as meter:`` counts the encoder's evaluations and times the block; ``meter.cost``."""
 
     def __init__(self, encoder: "Encoder") -> None:
-        self.encoder = encoder
+        super().__init__(encoder.device)
+        self.counter = encoder.counter
         self.cost = Cost()
 
     def __enter__(self) -> "CostMeter":
-        self._snap = self.encoder.counter.snapshot()
-        self._timer = Timer(self.encoder.device).__enter__()
-        return self
+        self._snap = self.counter.snapshot()
+        return super().__enter__()
 
     def __exit__(self, *exc: Any) -> None:
-        timer = self._timer
-        timer.__exit__(*exc)
-        counts = self.encoder.counter.since(self._snap)
+        super().__exit__(*exc)
+        counts = self.counter.since(self._snap)
         self.cost = Cost(model_evals=counts["model_evals"], forwards=int(counts["forwards"]), jvps=int(counts["jvps"]),
-                         vjps=int(counts["vjps"]), seconds=timer.seconds, peak_memory_bytes=timer.peak,
-                         memory_kind=timer.kind)
+                         vjps=int(counts["vjps"]), seconds=self.seconds, peak_memory_bytes=self.peak,
+                         memory_kind=self.kind)

@@ -80,10 +80,8 @@ def register_models(register: Register) -> None:
 
 @hookspec
 def register_manifests(register: Register) -> None:
-    """Register benchmark manifest sources, which ``eimsdk bench NAME[:ARGUMENT]`` reads.
-
-    The target is a function ``(argument, folder) -> list[eimsdk.bench.manifest.ManifestItem]``: ``argument`` is
-    the text after the first ``:`` (empty when none), ``folder`` where it writes the items' images. Example::
+    """Register benchmark manifest sources, read by ``eimsdk bench NAME[:ARGUMENT]``: functions ``(argument,
+    folder) -> list[ManifestItem]`` that write the items' images under ``folder``. Example::
 
         register("toy", "eimsdk_toy.bench:toy_manifest_source", description="toy:SCENES[:SEED] seeded toy scenes")
     """
@@ -91,11 +89,8 @@ def register_manifests(register: Register) -> None:
 
 @hookspec
 def register_commands(register: Register) -> None:
-    """Register ``eimsdk`` subcommands.
-
-    The target is a function ``(parser) -> handler``: it adds the command's arguments to its ``argparse`` parser
-    and returns ``handler(args) -> exit code``. Its module is imported to build ``eimsdk --help``, so keep it
-    cheap (import torch inside the handler). The description is the command's help. Example::
+    """Register ``eimsdk`` subcommands: functions ``(parser) -> handler`` that add the command's arguments and
+    return ``handler(args) -> exit code``. ``eimsdk --help`` imports their module: keep it cheap. Example::
 
         register("demo", "eimsdk_toy.demo:demo_command", description="edit a toy scene with HSDS")
     """

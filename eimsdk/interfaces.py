@@ -324,20 +324,13 @@ class Manipulator(ABC):
 
 
 class EditMetric(ABC):
-    """A per-edit measurement: one source image and its edit -> named scores (the columns of a benchmark report).
-
-    The benchmark builds each metric once per run, passing its settings as keyword arguments (and ``device=``
-    when ``__init__`` takes one).
-    """
+    """A per-edit measurement: a source image and its edit -> named scores (columns of a benchmark report)."""
 
     name: ClassVar[str] = ""
 
     @abstractmethod
     def __call__(self, source: torch.Tensor, edited: torch.Tensor, *, item: "ManifestItem") -> dict[str, float | None]:
-        """Scores of ``edited`` against ``source`` (both (3, H, W) in [-1, 1]); ``item`` gives prompts and region.
-
-        ``None`` is a score that does not apply to this edit (e.g. an outside-region score without a region).
-        """
+        """Scores of ``edited`` against ``source`` (both (3, H, W) in [-1, 1]); ``item`` has prompts and region."""
 
 
 class AttributeReader(ABC):

@@ -10,7 +10,8 @@ from typing import Any, Sequence
 from eimsdk.errors import InputError
 
 
-def _kv(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
+def parse_settings(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
+    """``key=value`` arguments -> dict, values parsed as JSON when possible (``lam=0.1``, ``k=4``)."""
     from eimsdk.bench.runner import parse_value
 
     out: dict[str, Any] = {}
@@ -93,8 +94,8 @@ def run_bench(args: argparse.Namespace) -> int:
     config = dict(
         models=args.models or ["toy-pixart"], methods=args.methods or ["hsds"], strengths=args.strengths or [1.0],
         reader=args.reader,
-        reader_config=_kv(args.reader_set, "--reader-set"), manipulator=args.manipulator,
-        manipulator_config=_kv(args.manip_set, "--manip-set"), device=args.device, dtype=args.dtype,
+        reader_config=parse_settings(args.reader_set, "--reader-set"), manipulator=args.manipulator,
+        manipulator_config=parse_settings(args.manip_set, "--manip-set"), device=args.device, dtype=args.dtype,
         size=tuple(args.size) if args.size else None, seed=args.seed, internal=args.internal,
         save_images=not args.no_images, save_directions=args.save_directions,
         **({"metrics": args.metrics} if args.metrics else {}),

@@ -122,12 +122,6 @@ class ManifestItem(BaseModel):
         return self.group or f"{self.image}|{self.source_prompt}"
 
 
-def _resolve(item: ManifestItem, base: Path) -> ManifestItem:
-    if not os.path.isabs(item.image):
-        item = item.model_copy(update={"image": str((base / item.image).resolve())})
-    return item
-
-
 def parse_items(rows: Iterable[dict[str, Any]], *, base: Path | None = None, where: str = "manifest"
                 ) -> list[ManifestItem]:
     """Validate raw item dicts; image paths are resolved against ``base``; ids must be unique."""
@@ -141,7 +135,9 @@ def parse_items(rows: Iterable[dict[str, Any]], *, base: Path | None = None, whe
         if item.id in seen:
             raise InputError(f"{where} items {seen[item.id]} and {n} share the id {item.id!r}; ids must be unique")
         seen[item.id] = n
-        items.append(_resolve(item, base) if base is not None else item)
+        if base is not None and not os.path.isabs(item.image):
+            item = item.model_copy(update={"image": str((base / item.image).resolve())})
+        items.append(item)
     if not items:
         raise InputError(f"{where} has no items; write one JSON object per line")
     return items

@@ -173,39 +173,26 @@ class Runner:
             if len(set(names)) != len(names):
                 raise InputError(f"{what} give duplicate folder names {names}; make them distinct")
         for m in self.methods:  # validate names and overrides before any model loads
-            self._finder(m)
-            self._manipulator(m)
+            self._build("finder", m.finder, m.finder_config, f"method {m.label!r}")
+            self._build("manipulator", self.config.manipulator,
+                        {**self.config.manipulator_config, **m.manipulator_config}, f"method {m.label!r}")
         self.reader = self._reader()
         self.rank, self.world_size, self.local_rank = dist_env()
-        self.metrics = {spec: self._metric(spec) for spec in self.config.metrics}
+        self.metrics = [self._build("metric", *parse_named(spec, "metric"), f"metric {spec!r}")
+                        for spec in self.config.metrics]
 
     # ---------------------------------------------------------------------------------------------- setup
-    def _finder(self, method: MethodSpec):
-        cls = self.pm.load("finder", method.finder)
-        try:
-            return cls(**method.finder_config)
-        except ValidationError as exc:
-            raise InputError(f"method {method.label!r}: invalid finder settings: {exc}") from None
-
-    def _manipulator(self, method: MethodSpec):
-        cls = self.pm.load("manipulator", self.config.manipulator)
-        try:
-            return cls(**{**self.config.manipulator_config, **method.manipulator_config})
-        except ValidationError as exc:
-            raise InputError(f"method {method.label!r}: invalid manipulator settings: {exc}") from None
-
-    def _metric(self, spec: str):
-        """The edit metric of a ``--metrics`` entry, built with its settings (and this rank's device)."""
+    def _build(self, kind: str, name: str, settings: dict[str, Any], what: str):
+        """The ``kind`` component ``name`` built with ``settings`` (and this rank's ``device`` when it takes one)."""
         import inspect
 
-        name, settings = parse_named(spec, "metric")
-        cls = self.pm.load("metric", name)
-        if "device" in inspect.signature(cls).parameters:
-            settings.setdefault("device", self._device())
+        cls = self.pm.load(kind, name)
+        if kind == "metric" and "device" in inspect.signature(cls).parameters:
+            settings = {"device": self._device(), **settings}
         try:
             return cls(**settings)
         except (TypeError, ValidationError) as exc:
-            raise InputError(f"metric {spec!r}: invalid settings: {exc}") from None
+            raise InputError(f"{what}: invalid {kind} settings: {exc}") from None
 
     def _reader(self):
         reader = self.pm.load("reader", self.config.reader)(**self.config.reader_config)
@@ -263,7 +250,7 @@ class Runner:
             return None
         from eimsdk.bench.report import write_report
 
-        results = self.merge()
+        results = collect_results(self.out, self.items, self.config)
         internal = None
         if self.config.internal:
             internal = self._internal()
@@ -333,8 +320,7 @@ class Runner:
             else None
         preserved = {a: _same(read[a], source.read[a], self.config.numeric_tolerance) for a in source.read
                      if a not in expected and a != item.attribute}
-        scores = {k: _r(v) for metric in self.metrics.values() for k, v in metric(source.pixels, pixels,
-                                                                                  item=item).items()}
+        scores = {k: _r(v) for metric in self.metrics for k, v in metric(source.pixels, pixels, item=item).items()}
         rec: dict[str, Any] = {
             "strength": strength, "read": read, "success": success, "preserved": preserved,
             "preserved_all": all(preserved.values()) if preserved else None,
@@ -368,10 +354,6 @@ class Runner:
         if not dist.is_initialized():
             dist.init_process_group("gloo", timeout=timedelta(days=1))
         dist.barrier()
-
-    def merge(self) -> list[dict[str, Any]]:
-        """Every unit's result in manifest order (model, method, item); writes ``results.jsonl``."""
-        return collect_results(self.out, self.items, self.config)
 
     def _internal(self) -> dict[str, dict[str, Any]]:
         """The reader-free score per model and method, on the first ``internal`` sources edited along >= 2 attributes."""

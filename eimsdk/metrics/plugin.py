@@ -10,8 +10,7 @@ def register_metrics(register):
     register("clip-score", "eimsdk.metrics.pretrained:ClipScore", description="CLIP score vs target prompt (local weights)")
     register("dino-similarity", "eimsdk.metrics.pretrained:DinoSimilarity",
              description="DINO [CLS] cosine of source and edit (local weights)")
-    register("lpips", "eimsdk.metrics.pretrained:LpipsDistance",
-             description="LPIPS of source and edit, and outside the region (lpips package)")
+    register("lpips", "eimsdk.metrics.pretrained:LpipsDistance", description="LPIPS, also outside the region (lpips)")
 
 
 @eimsdk.hookimpl

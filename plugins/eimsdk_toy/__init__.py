@@ -92,5 +92,4 @@ def register_manifests(register):
 
 @eimsdk.hookimpl
 def register_commands(register):
-    register("demo", "eimsdk_toy.demo:demo_command",
-             description="the embedded default: edit a toy scene with HSDS (no download, ~1 minute)")
+    register("demo", "eimsdk_toy.demo:demo_command", description="the embedded default: edit a toy scene with HSDS")
