@@ -58,6 +58,8 @@ def test_run_then_rebuild_the_report(tmp_path, capsys, fakes_installed):
     (["bench", "--out", "{tmp}", "--report-only"], "no config.json"),
     (["bench", "toy:1", "--out", "{tmp}", "--limit", "0"], "--limit"),
     (["bench", "toy:1", "--out", "{tmp}", "--reader-set", "oops"], "--reader-set expects key=value"),
+    (["bench", "toy:1", "--out", "{tmp}", "--metrics", "nope"], "no metric named 'nope' is installed"),
+    (["bench", "toy:1", "--out", "{tmp}", "--metrics", "psnr:window=3"], "metric 'psnr:window=3': invalid metric"),
 ])
 def test_errors_name_the_argument(tmp_path, capsys, argv, match):
     assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2

@@ -97,3 +97,12 @@ def test_the_walk_sees_imports_in_functions_and_skips_type_checking():
     rel = ast.parse("from .records import Direction\nfrom .. import hookspecs\n")
     assert [n for node in rel.body for n in _imported(node, "eimsdk.bench.runner", False)] == [
         "eimsdk.bench.records", "eimsdk.bench.records.Direction", "eimsdk", "eimsdk.hookspecs"]
+
+
+def test_the_toy_plugin_does_not_import_the_test_kit():
+    toy = CORE.parent / "plugins" / "eimsdk_toy"
+    offenders = [f"{path.name}:{node.lineno}" for path in sorted(toy.glob("*.py"))
+                 for node in ast.walk(ast.parse(path.read_text(), str(path)))
+                 for name in _imported(node, f"eimsdk_toy.{path.stem}", path.name == "__init__.py")
+                 if name.startswith("eimsdk.testing")]
+    assert len(list(toy.glob("*.py"))) >= 7 and not offenders, offenders

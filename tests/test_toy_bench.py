@@ -50,7 +50,7 @@ def test_toy_source_takes_a_scene_seed(tmp_path):
     assert [i.id for i in by_seed] == [i.id for i in resolve_manifest("toy:2", tmp_path)]  # ids seed the edits
     assert [i.meta["scene"] for i in by_seed] != [i.meta["scene"] for i in resolve_manifest("toy:2:0", tmp_path)]
     assert len({i.image for i in by_seed} | {i.image for i in resolve_manifest("toy:2", tmp_path)}) == 4
-    for bad in ("toy:many", "toy:2:x", "toy:2:", "toy::3"):
+    for bad in ("toy:many", "toy:2:x", "toy:2:", "toy::3", "toy:3:1:1", "toy:-1"):
         with pytest.raises(InputError, match="toy:SCENES:SEED"):
             resolve_manifest(bad, tmp_path)
 
