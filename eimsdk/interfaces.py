@@ -6,9 +6,10 @@ Finders, manipulators and metrics talk only to :class:`Encoder`, so they run unc
 noise path ``z_t = a(t) z0 + s(t) eps`` (:meth:`Encoder.alpha_sigma`) and a noise prediction
 ``eps_hat(z_t, t, c)`` (:meth:`Encoder.predict_eps`), whatever the family predicts natively. For
 flow-matching families (SD3, Flux) ``t`` is the flow sigma, ``a = 1 - t``, ``s = t`` and
-``eps_hat = z_t + (1 - t) v``; for DDPM families (PixArt) ``t`` is the training timestep / 1000 and
-``a = sqrt(alpha_bar)``, ``s = sqrt(1 - alpha_bar)``. Deterministic inversion and sampling are DDIM steps in
-this parametrisation (exactly the Euler step of the flow ODE for flow families), written once here.
+``eps_hat = z_t + (1 - t) v`` (:class:`FlowMatchingEncoder`); for DDPM families (PixArt, Stable Diffusion) ``t``
+is the training timestep / 1000 and ``a = sqrt(alpha_bar)``, ``s = sqrt(1 - alpha_bar)``
+(:class:`NoisePredictionEncoder`). Deterministic inversion and sampling are DDIM steps in this parametrisation
+(exactly the Euler step of the flow ODE for flow families), written once here.
 """
 
 from __future__ import annotations
@@ -149,17 +150,21 @@ class Encoder(ABC):
     def predict_eps(self, z_t: torch.Tensor, t: torch.Tensor | float, cond: Conditioning, *,
                     guidance_scale: float = 1.0, uncond: Conditioning | None = None) -> torch.Tensor:
         """``eps_hat(z_t, t, c)``, with classifier-free guidance when ``guidance_scale != 1``; counted."""
+        return self._guided(self._predict_eps, z_t, t, cond, guidance_scale, uncond)
+
+    def _guided(self, predict: Any, z_t: torch.Tensor, t: torch.Tensor | float, cond: Conditioning,
+                guidance_scale: float, uncond: Conditioning | None) -> torch.Tensor:
+        """``predict(z_t, t, cond)`` counted, with guidance batched as one call over (uncond, cond) when asked."""
         b = z_t.shape[0]
         t = self._as_t(t, b, z_t)
         cond = cond.expand_to(b)
         if guidance_scale == 1.0:
             self.counter.forwards += b
-            return self._predict_eps(z_t, t, cond)
+            return predict(z_t, t, cond)
         uncond = (uncond if uncond is not None else self.null_conditioning(b)).expand_to(b)
         self.counter.forwards += 2 * b
-        both = self._predict_eps(torch.cat([z_t, z_t]), torch.cat([t, t]), _pad_cat(uncond, cond))
-        eps_u, eps_c = both.chunk(2)
-        return eps_u + guidance_scale * (eps_c - eps_u)
+        both = predict(torch.cat([z_t, z_t]), torch.cat([t, t]), Conditioning.cat([uncond, cond]))
+        return classifier_free_guidance(*both.chunk(2), guidance_scale)
 
     def predict_x0(self, z_t: torch.Tensor, t: torch.Tensor | float, cond: Conditioning, **kw: Any) -> torch.Tensor:
         t = self._as_t(t, z_t.shape[0], z_t)
@@ -256,17 +261,7 @@ class FlowMatchingEncoder(Encoder):
         Equal to ``(eps_hat - z_t) / (1 - t)`` but defined at t = 1 too, where ``eps_hat = z_t`` carries no
         information. Guidance is linear, so guiding ``v`` equals guiding ``eps_hat``.
         """
-        b = z_t.shape[0]
-        t = self._as_t(t, b, z_t)
-        cond = cond.expand_to(b)
-        if guidance_scale == 1.0:
-            self.counter.forwards += b
-            return self._predict_velocity(z_t, t, cond)
-        uncond = (uncond if uncond is not None else self.null_conditioning(b)).expand_to(b)
-        self.counter.forwards += 2 * b
-        v_uncond, v_cond = self._predict_velocity(torch.cat([z_t, z_t]), torch.cat([t, t]),
-                                                  _pad_cat(uncond, cond)).chunk(2)
-        return v_uncond + guidance_scale * (v_cond - v_uncond)
+        return self._guided(self._predict_velocity, z_t, t, cond, guidance_scale, uncond)
 
     def _ddim_step(self, z: torch.Tensor, t: float, t_next: float, cond: Conditioning, **kw: Any) -> torch.Tensor:
         """Euler step of the flow ODE, ``z + (t_next - t) v``, in at least float32."""
@@ -275,8 +270,85 @@ class FlowMatchingEncoder(Encoder):
         return (z.to(work) + (t_next - t) * v.to(work)).to(z.dtype)
 
 
-def _pad_cat(a: Conditioning, b: Conditioning) -> Conditioning:
-    return Conditioning.cat([a, b])
+class NoisePredictionEncoder(Encoder):
+    """Base for DDPM-style families (PixArt, Stable Diffusion 1.x/2.x) predicting eps or v on a discrete schedule.
+
+    ``t = n / T`` where ``n`` in [0, T] counts DDPM steps as in the DDPM paper (``n = 0`` is the clean image,
+    ``T = num_train_timesteps``). The model receives diffusers' 0-based timestep ``n - 1`` (clamped at 0) and
+    ``alpha_bar(t) = alphas_cumprod[n - 1]``, so ``t = 1`` is the noisiest training timestep and ``alpha_bar(0) = 1``
+    exactly. Between integers ``log alpha_bar`` is interpolated linearly (a constant beta within each step).
+    Subclasses call :meth:`_set_noise_schedule` in ``__init__`` and implement :meth:`_denoise`.
+    """
+
+    PREDICTION_TYPES: ClassVar[tuple[str, ...]] = ("epsilon", "v_prediction")
+
+    def _set_noise_schedule(self, alphas_cumprod: torch.Tensor, prediction_type: str) -> None:
+        """Keep ``log alpha_bar`` at n = 0..T in float64 and what the model predicts (eps or v)."""
+        if prediction_type not in self.PREDICTION_TYPES:
+            raise InputError(f"scheduler prediction_type={prediction_type!r}: the {self.family} backend supports "
+                             f"{list(self.PREDICTION_TYPES)}")
+        self.prediction_type = prediction_type
+        self.num_train_timesteps = len(alphas_cumprod)
+        log_alpha_bar = alphas_cumprod.to(torch.float64).clamp_min(1e-30).log()
+        self._log_alpha_bar = torch.cat([torch.zeros(1, dtype=torch.float64), log_alpha_bar])
+
+    @abstractmethod
+    def _denoise(self, latents: torch.Tensor, timestep: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """One batched model call at diffusers timesteps (B,) returning the native prediction (eps or v)."""
+
+    def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(sqrt(alpha_bar(t)), sqrt(1 - alpha_bar(t)))``, computed in float64, returned in at least float32."""
+        t = torch.as_tensor(t)
+        if t.numel() and (float(t.min()) < 0 or float(t.max()) > 1):
+            raise InputError(f"t must lie in [0, 1] (0 = clean), got values in [{float(t.min())}, {float(t.max())}]")
+        n = t.to(torch.float64) * self.num_train_timesteps
+        lo = n.floor().clamp(max=self.num_train_timesteps - 1)
+        table = self._log_alpha_bar.to(t.device)
+        log_ab = torch.lerp(table[lo.long()], table[lo.long() + 1], n - lo)
+        out_dtype = torch.promote_types(t.dtype, torch.float32) if t.is_floating_point() else torch.float32
+        a = (0.5 * log_ab).exp()
+        s = torch.expm1(log_ab).abs().sqrt()  # 1 - alpha_bar without cancellation; abs() keeps s(0) = +0.0
+        return a.to(out_dtype), s.to(out_dtype)
+
+    def timesteps(self, num_steps: int, t_start: float = 1.0, *, latents: torch.Tensor | None = None) -> torch.Tensor:
+        """Uniform grid from ``t_start`` to 0 (at ``t_start = 1`` the model timesteps of DDIM 'trailing' spacing)."""
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+            raise InputError(f"num_steps must be a positive integer, got {num_steps!r}")
+        if not 0.0 < float(t_start) <= 1.0:
+            raise InputError(f"t_start must lie in (0, 1], got {t_start!r}")
+        return torch.linspace(float(t_start), 0.0, num_steps + 1, dtype=torch.float64).to(torch.float32)
+
+    def _model_timestep(self, t: torch.Tensor) -> torch.Tensor:
+        """Continuous t -> diffusers' 0-based model timestep ``t * T - 1`` (clamped at 0)."""
+        return (t.to(torch.float64) * self.num_train_timesteps - 1).clamp_min(0).to(torch.float32)
+
+    def _predict_eps(self, z_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """eps_hat for z_t at noise levels t (B,), converted from v for v-prediction models; differentiable."""
+        out = self._denoise(z_t, self._model_timestep(t.to(z_t.device)), cond)
+        if self.prediction_type == "v_prediction":  # v = a eps - s x0 and z = a x0 + s eps  =>  eps = a v + s z
+            shape = (-1,) + (1,) * (z_t.ndim - 1)
+            a, s = (c.to(z_t.device, torch.promote_types(z_t.dtype, torch.float32)).reshape(shape)
+                    for c in self.alpha_sigma(t.to(z_t.device)))
+            return (a * out + s * z_t).to(z_t.dtype)
+        return out.to(z_t.dtype)
+
+    def _ddim_step(self, z: torch.Tensor, t: float, t_next: float, cond: Conditioning, **kw: Any) -> torch.Tensor:
+        """The base DDIM step with its latent arithmetic in at least float32 (x0 = (z - s eps) / a loses digits
+        in half precision where a is small)."""
+        b = z.shape[0]
+        work = torch.promote_types(z.dtype, torch.float32)
+        tt = self._as_t(t, b, z)
+        eps = self.predict_eps(z, tt, cond, **kw).to(work)
+        shape = (-1,) + (1,) * (z.ndim - 1)
+        a, s = (c.to(z.device, work).reshape(shape) for c in self.alpha_sigma(tt))
+        a2, s2 = (c.to(z.device, work).reshape(shape) for c in self.alpha_sigma(self._as_t(t_next, b, z)))
+        x0 = (z.to(work) - s * eps) / a
+        return (a2 * x0 + s2 * eps).to(z.dtype)
+
+
+def classifier_free_guidance(uncond: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tensor:
+    """``uncond + scale * (cond - uncond)``: the guided prediction (eps, velocity or any linear parametrisation)."""
+    return uncond + scale * (cond - uncond)
 
 
 def _progress(items: list, enabled: bool, desc: str):
