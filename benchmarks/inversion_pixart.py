@@ -1,7 +1,7 @@
 """Reconstruction error of DDIM inversion -> sampling on the PixArt backend, against the number of steps.
 
-A tiny random PixArt-alpha (``eimsdk_pixart.testing.build_calibrated_tiny_pipeline``: unit-variance latents, like
-real checkpoints) encodes a drawn test scene; ``invert`` to ``t_end`` then ``sample`` back with the same prompt, no
+A tiny random PixArt-alpha (``eimsdk.testing.tiny.build_tiny_pipeline(calibrate=True)``: unit-variance latents,
+like real checkpoints) encodes a drawn test scene; ``invert`` to ``t_end`` then ``sample`` back with the same prompt, no
 guidance. Reports the latent relative RMSE ``||z0' - z0|| / ||z0||`` and the PSNR (dB) of the decoded
 reconstruction against the decoded original, as a Markdown table. A random model is not a trained one: the
 numbers show the trend and the cost of inverting to pure noise, not the accuracy of real checkpoints.
@@ -36,7 +36,7 @@ def psnr(x: torch.Tensor, ref: torch.Tensor) -> float:
 
 def main() -> None:
     from eimsdk_pixart.encoder import PixArtEncoder
-    from eimsdk_pixart.testing import build_calibrated_tiny_pipeline
+    from eimsdk.testing.tiny import build_tiny_pipeline
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, nargs="+", default=[5, 10, 25, 50])
@@ -45,7 +45,7 @@ def main() -> None:
     torch.manual_seed(0)
 
     with tempfile.TemporaryDirectory() as folder:
-        build_calibrated_tiny_pipeline("pixart", folder)
+        build_tiny_pipeline("pixart", folder, calibrate=True)
         encoder = PixArtEncoder.from_pretrained(folder)
         latent = encoder.encode(scene(), "a photo of a red circle and a blue square")
         with torch.no_grad():

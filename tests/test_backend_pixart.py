@@ -14,7 +14,6 @@ from eimsdk.records import Conditioning
 from eimsdk.testing.contract import EncoderContract
 from eimsdk.testing.tiny import PIPELINE_CLASSES, build_tiny_pipeline, tiny_t5_encoder
 from eimsdk_pixart.encoder import PixArtEncoder
-from eimsdk_pixart.testing import build_calibrated_tiny_pipeline
 
 FAMILIES = ("pixart", "pixart-sigma")
 PROMPTS = ["a photo of a red circle", "a blue square on the left"]
@@ -39,7 +38,7 @@ def encoders(tiny_paths):
 @pytest.fixture(scope="module")
 def calibrated_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("pixart-calibrated")
-    build_calibrated_tiny_pipeline("pixart", path)
+    build_tiny_pipeline("pixart", path, calibrate=True)
     return path
 
 

@@ -3,10 +3,10 @@
 :class:`DiffusersEncoder` holds what every diffusers family shares: loading (``from_pretrained`` /
 ``from_pipeline``), dtype, CPU offload, VAE tiling and slicing, :meth:`~DiffusersEncoder.to`, geometry, the VAE
 latent format ``z0 = (mean - shift_factor) * scaling_factor``, input checks and the pipelines' denoising loop
-with classifier-free guidance. :class:`FlowMatchingDiffusersEncoder` adds the shifted sigma grid of
-``FlowMatchEulerDiscreteScheduler`` (SD3, Flux). A family subclasses one of them together with its noise
-parametrisation (:class:`~eimsdk.interfaces.NoisePredictionEncoder` or
-:class:`~eimsdk.interfaces.FlowMatchingEncoder`) and writes its prompt encoding and its :meth:`_denoise` call.
+with classifier-free guidance. Two bases add a noise parametrisation: :class:`NoisePredictionDiffusersEncoder`
+(DDPM eps/v with the scheduler's ``alphas_cumprod``: PixArt, Stable Diffusion) and
+:class:`FlowMatchingDiffusersEncoder` (the shifted sigma grid of ``FlowMatchEulerDiscreteScheduler``: SD3, Flux).
+A family subclasses one of them and writes its prompt encoding and its ``_denoise`` call.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Sequence
 import torch
 
 from eimsdk.errors import InputError
-from eimsdk.interfaces import Encoder, FlowMatchingEncoder, classifier_free_guidance
+from eimsdk.interfaces import Encoder, FlowMatchingEncoder, NoisePredictionEncoder, classifier_free_guidance
 from eimsdk.records import Conditioning
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -311,6 +311,18 @@ class DiffusersEncoder(Encoder):
         image = self.decode_latents(latents)
         self.pipeline.maybe_free_model_hooks()
         return image
+
+
+class NoisePredictionDiffusersEncoder(DiffusersEncoder, NoisePredictionEncoder):
+    """A diffusers DDPM-style pipeline (PixArt, Stable Diffusion): the scheduler's ``alphas_cumprod`` and
+    ``prediction_type`` (eps or v) define the noise path; ``_denoise`` returns the native prediction."""
+
+    def __init__(self, pipeline: Any, *, model_id: str | None = None) -> None:
+        super().__init__(pipeline, model_id=model_id)
+        if not hasattr(self.scheduler, "alphas_cumprod"):
+            raise InputError(f"scheduler {type(self.scheduler).__name__} has no DDPM noise schedule (alphas_cumprod); "
+                             f"use the scheduler the {self.family} checkpoint ships with, or DDIMScheduler")
+        self._set_noise_schedule(self.scheduler.alphas_cumprod, self.scheduler.config.get("prediction_type", "epsilon"))
 
 
 class FlowMatchingDiffusersEncoder(DiffusersEncoder, FlowMatchingEncoder):

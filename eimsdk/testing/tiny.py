@@ -1,4 +1,4 @@
-"""Tiny PixArt, SD3 and Flux pipelines of the real diffusers classes, built offline from configs.
+"""Tiny PixArt, SD3, Flux and Stable Diffusion pipelines of the real diffusers classes, built offline from configs.
 
 The sizes follow diffusers' own fast tests (a few hundred thousand parameters), with two VAE blocks so that
 the latent is downsampled by 2 and Flux's 2x2 packing is exercised. ``build_tiny_pipeline`` writes the
@@ -12,7 +12,7 @@ from typing import Any
 
 from eimsdk.tokenizers import build_clip_tokenizer, build_t5_tokenizer
 
-FAMILIES = ("pixart", "pixart-sigma", "sd3", "flux")
+FAMILIES = ("pixart", "pixart-sigma", "sd3", "flux", "sd")
 
 T5_MAX_LENGTH = 32
 
@@ -60,6 +60,12 @@ def tiny_vae(latent_channels: int = 4, **kw: Any):
     ).eval()
 
 
+def _flow_vae(seed: int):
+    """The SD3/Flux-style VAE: no quant convs, a shift and scale like the real ones'."""
+    _seed(seed)
+    return tiny_vae(4, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035)
+
+
 def get_dummy_components(family: str, seed: int = 0) -> dict[str, Any]:
     """Components for the family's pipeline class, seeded; keys are the pipeline's ``__init__`` arguments."""
     from diffusers import (
@@ -68,6 +74,7 @@ def get_dummy_components(family: str, seed: int = 0) -> dict[str, Any]:
         FluxTransformer2DModel,
         PixArtTransformer2DModel,
         SD3Transformer2DModel,
+        UNet2DConditionModel,
     )
 
     if family in ("pixart", "pixart-sigma"):
@@ -97,10 +104,7 @@ def get_dummy_components(family: str, seed: int = 0) -> dict[str, Any]:
         text_encoder_2, tokenizer_2 = tiny_clip_encoder(True)
         _seed(seed)
         text_encoder_3, tokenizer_3 = tiny_t5_encoder(32)
-        _seed(seed)
-        vae = tiny_vae(4, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609,
-                       scaling_factor=1.5035)
-        return dict(transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(),
+        return dict(transformer=transformer, vae=_flow_vae(seed), scheduler=FlowMatchEulerDiscreteScheduler(),
                     text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2,
                     tokenizer_2=tokenizer_2, text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3)
     if family == "flux":
@@ -114,12 +118,23 @@ def get_dummy_components(family: str, seed: int = 0) -> dict[str, Any]:
         text_encoder, tokenizer = tiny_clip_encoder(False)
         _seed(seed)
         text_encoder_2, tokenizer_2 = tiny_t5_encoder(32)
-        _seed(seed)
-        vae = tiny_vae(4, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609,
-                       scaling_factor=1.5035)
-        return dict(transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(),
+        return dict(transformer=transformer, vae=_flow_vae(seed), scheduler=FlowMatchEulerDiscreteScheduler(),
                     text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2,
                     tokenizer_2=tokenizer_2)
+    if family == "sd":
+        _seed(seed)
+        unet = UNet2DConditionModel(
+            sample_size=16, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32, attention_head_dim=4, norm_num_groups=4,
+        ).eval()
+        _seed(seed)
+        text_encoder, tokenizer = tiny_clip_encoder(False)
+        _seed(seed)
+        scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                  clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+        return dict(unet=unet, vae=tiny_vae(4), text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
+                    safety_checker=None, feature_extractor=None, image_encoder=None, requires_safety_checker=False)
     raise ValueError(f"family={family!r} is not one of {FAMILIES}")
 
 
@@ -128,15 +143,41 @@ PIPELINE_CLASSES = {
     "pixart-sigma": "PixArtSigmaPipeline",
     "sd3": "StableDiffusion3Pipeline",
     "flux": "FluxPipeline",
+    "sd": "StableDiffusionPipeline",
 }
 
 
-def build_tiny_pipeline(family: str, path: str | Path | None = None, seed: int = 0):
-    """Build the family's tiny diffusers pipeline; save it to ``path`` (diffusers format) when given."""
+def build_tiny_pipeline(family: str, path: str | Path | None = None, seed: int = 0, *, calibrate: bool = False):
+    """Build the family's tiny diffusers pipeline; save it to ``path`` (diffusers format) when given.
+
+    ``calibrate`` scales the VAE to unit-variance latents like a real checkpoint's (:func:`calibrate_vae`); use it
+    where relative inversion errors or noise-to-signal ratios matter.
+    """
     import diffusers
 
-    pipe = getattr(diffusers, PIPELINE_CLASSES[family])(**get_dummy_components(family, seed))
+    components = get_dummy_components(family, seed)
+    if calibrate:
+        calibrate_vae(components["vae"], seed)
+    pipe = getattr(diffusers, PIPELINE_CLASSES[family])(**components)
     pipe.set_progress_bar_config(disable=True)
     if path is not None:
         pipe.save_pretrained(str(path))
     return pipe
+
+
+def calibrate_vae(vae: Any, seed: int = 0) -> float:
+    """Set the VAE's ``scaling_factor`` to 1 / std of its latents of random images, as real checkpoints are scaled.
+
+    Real checkpoints choose ``scaling_factor`` (0.18215 for SD-VAE) so that z0 has unit variance. A random tiny VAE
+    with that value gives latents several times too small for the noise, which makes relative inversion errors
+    meaningless; this fixes the scale the same way. Returns the new factor.
+    """
+    import torch
+
+    g = torch.Generator("cpu").manual_seed(seed)
+    pixels = torch.rand(8, 3, 32, 32, generator=g) * 2 - 1  # (8, 3, 32, 32) in [-1, 1]
+    with torch.no_grad():
+        latents = vae.encode(pixels).latent_dist.mode() - (vae.config.get("shift_factor", None) or 0.0)
+    factor = round(1.0 / latents.std().item(), 5)
+    vae.register_to_config(scaling_factor=factor)
+    return factor

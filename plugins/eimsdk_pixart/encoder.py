@@ -17,16 +17,15 @@ from typing import Any, Sequence
 
 import torch
 
-from eimsdk.backends.diffusers_base import DiffusersEncoder, check_positive_int
+from eimsdk.backends.diffusers_base import NoisePredictionDiffusersEncoder, check_positive_int
 from eimsdk.errors import InputError
-from eimsdk.interfaces import NoisePredictionEncoder
 from eimsdk.records import Conditioning
 
 #: T5 sequence length of each pipeline class (the pipelines' ``max_sequence_length`` default).
 MAX_SEQUENCE_LENGTH = {"PixArtAlphaPipeline": 120, "PixArtSigmaPipeline": 300}
 
 
-class PixArtEncoder(DiffusersEncoder, NoisePredictionEncoder):
+class PixArtEncoder(NoisePredictionDiffusersEncoder):
     """The joint latent space of a PixArt model: SD-VAE latents x T5 sequence embeddings, DDPM eps-prediction.
 
     Build it with :meth:`from_pretrained` (a diffusers folder or hub id; ``max_sequence_length`` overrides the
@@ -45,10 +44,6 @@ class PixArtEncoder(DiffusersEncoder, NoisePredictionEncoder):
             check_positive_int(max_sequence_length, "max_sequence_length",
                                "T5 tokens, or None for the pipeline's default")
         self.max_sequence_length = max_sequence_length or MAX_SEQUENCE_LENGTH[self.pipeline_class]
-        if not hasattr(self.scheduler, "alphas_cumprod"):
-            raise InputError(f"scheduler {type(self.scheduler).__name__} has no DDPM noise schedule "
-                             "(alphas_cumprod); use the scheduler the PixArt checkpoint ships with, or DDIMScheduler")
-        self._set_noise_schedule(self.scheduler.alphas_cumprod, self.scheduler.config.get("prediction_type", "epsilon"))
 
     # ------------------------------------------------------------------------------------------ geometry
     @property
