@@ -170,9 +170,14 @@ class GaussianEncoder(Encoder):
         (path / "model_index.json").write_text(json.dumps({"_class_name": PIPELINE_CLASS}))
         return path
 
-    def to(self, dtype: torch.dtype) -> "GaussianEncoder":
-        """Compute in ``dtype`` (float64 for finite-difference and closed-form tests); returns ``self``."""
-        self.dtype = dtype
+    def to(self, *targets: str | torch.device | torch.dtype) -> "GaussianEncoder":
+        """Compute in a dtype (float64 for finite-difference and closed-form tests); the device stays the CPU."""
+        for target in targets:
+            if not isinstance(target, torch.dtype):
+                if torch.device(target).type != "cpu":
+                    raise InputError(f"device={target!r}: the analytic backend runs on CPU only")
+                continue
+            self.dtype = target
         self._null = None
         return self
 

@@ -11,7 +11,8 @@ Use it from a plugin's test suite::
             return MyEncoder.from_pretrained(build_my_tiny_model())
 
 The fixture must give a small float32 CPU encoder. Every test asserts a property the finders, manipulators and
-metrics rely on; a backend that passes them gets all of eimsdk's methods for free.
+metrics rely on; a backend that passes them gets all of eimsdk's methods for free. The rules behind them are
+listed in docs/plugins.md ("Writing a backend").
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 
 from eimsdk.errors import InputError
 from eimsdk.interfaces import Encoder
-from eimsdk.records import Conditioning
+from eimsdk.records import Conditioning, Direction
 
 
 def _latent(encoder: Encoder, batch: int = 1, seed: int = 0) -> torch.Tensor:
@@ -50,6 +51,21 @@ class EncoderContract:
         sig = encoder.signature()
         assert sig == encoder.signature(), "signature() must be deterministic"
         assert sig["family"] == encoder.family
+
+    def test_identity_attributes_are_set(self, encoder: Encoder) -> None:
+        assert isinstance(encoder.device, torch.device), "set self.device to a torch.device"
+        assert isinstance(encoder.dtype, torch.dtype), "set self.dtype to the model's torch.dtype"
+        assert hasattr(encoder, "counter"), "call super().__init__() in __init__ (it creates the eval counter)"
+        assert callable(getattr(encoder, "count_tokens", None)), \
+            "define count_tokens(prompt) so that over-long prompts are warned about"
+
+    def test_overlong_prompt_warns(self, encoder: Encoder) -> None:
+        h, w = encoder.default_image_size
+        long_prompt = " ".join([self.prompts[0]] * (encoder.max_prompt_tokens // 2 + 1))
+        assert encoder.count_tokens(self.prompts[0]) <= encoder.max_prompt_tokens
+        assert encoder.count_tokens(long_prompt) > encoder.max_prompt_tokens
+        with pytest.warns(UserWarning, match="limit"):
+            encoder.encode(torch.zeros(1, 3, h, w), long_prompt)
 
     def test_geometry(self, encoder: Encoder) -> None:
         h, w = encoder.default_image_size
@@ -183,3 +199,78 @@ class EncoderContract:
         assert tuple(a.shape) == (1, 3, h, w)
         torch.testing.assert_close(a, b)
         assert not torch.allclose(a, c)
+
+    def test_text_direction_at_strength_one_is_a_prompt_swap(self, encoder: Encoder) -> None:
+        """``c + 1 * dc`` must act as the target prompt. A token mask that hides positions the model reads (CLIP's
+        padding mask on a model that attends to every position) zeroes part of ``dc`` and fails here."""
+        from eimsdk.methods.baselines import TextOnlyFinder
+
+        source, target = self.prompts
+        h, w = encoder.default_image_size
+        latent = encoder.encode(torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0)) * 2 - 1, source)
+        direction = TextOnlyFinder().find(encoder, latent, [target])
+        moved = latent.cond + direction.dc.to(encoder.device, next(iter(latent.cond.embeds.values())).dtype) * 1.0
+        with torch.no_grad():
+            z_t = encoder.add_noise(latent.z0, _noise_like(latent.z0), 0.5)
+            eps_moved = encoder.predict_eps(z_t, 0.5, moved)
+            eps_swap = encoder.predict_eps(z_t, 0.5, encoder.encode_prompts([target]))
+            eps_source = encoder.predict_eps(z_t, 0.5, latent.cond)
+        change = float((eps_swap - eps_source).norm())
+        assert change > 0, "the two prompts must predict differently for the check to mean anything"
+        gap = float((eps_moved - eps_swap).norm()) / change
+        assert gap < 1e-3, (f"a text direction at strength 1 differs from the prompt swap by {gap:.2%} of the swap's "
+                            "effect: token masks must mark exactly the positions the model reads")
+
+    @pytest.mark.parametrize("method", ["text", "dds"])
+    def test_found_directions_carry_the_signature_and_fit(self, encoder: Encoder, method: str, tmp_path) -> None:
+        from eimsdk.methods.baselines import DDSFinder, TextOnlyFinder
+
+        finder = TextOnlyFinder() if method == "text" else DDSFinder(num_timesteps=1)
+        latent = encoder.encode(torch.zeros(1, 3, *encoder.default_image_size), self.prompts[0])
+        with torch.enable_grad():
+            direction = finder.find(encoder, latent, [self.prompts[1]])
+        assert direction.meta.get("signature") == encoder.signature(), "the direction must carry the signature"
+        direction.check_fits(encoder, latent.z0)
+        Direction.load(direction.save(tmp_path / "direction")).check_fits(encoder, latent.z0)
+
+    def test_to_moves_and_casts_consistently(self, encoder: Encoder) -> None:
+        z0 = _latent(encoder)
+        with torch.no_grad():
+            cond = encoder.encode_prompts([self.prompts[0]])
+            z_t = encoder.add_noise(z0, _noise_like(z0), 0.5)
+            reference = encoder.predict_eps(z_t, 0.5, cond)
+        device = encoder.device
+        try:
+            assert encoder.to(torch.float64) is encoder, "to() returns the encoder"
+            assert encoder.dtype == torch.float64
+            _assert_modules_are(encoder, dtype=torch.float64)
+            with torch.no_grad():
+                eps64 = encoder.predict_eps(z_t.double(), 0.5, encoder.encode_prompts([self.prompts[0]]))
+            assert eps64.dtype == torch.float64
+            torch.testing.assert_close(eps64.float(), reference, atol=1e-3, rtol=1e-3)
+            assert encoder.to(torch.device(device.type)) is encoder
+            assert encoder.device.type == device.type, "to(device) must keep encoder.device up to date"
+            _assert_modules_are(encoder, device=device)
+        finally:
+            encoder.to(device)
+            encoder.to(torch.float32)
+        assert encoder.dtype == torch.float32 and encoder.device.type == device.type
+        _assert_modules_are(encoder, dtype=torch.float32)
+        with torch.no_grad():
+            again = encoder.predict_eps(z_t, 0.5, encoder.encode_prompts([self.prompts[0]]))
+            null = encoder.null_conditioning()
+        torch.testing.assert_close(again, reference)
+        assert all(e.dtype != torch.float64 for e in null.embeds.values()), "to() must drop cached conditioning"
+
+
+def _assert_modules_are(encoder: Encoder, *, dtype: torch.dtype | None = None,
+                        device: torch.device | None = None) -> None:
+    """Every floating parameter of the encoder's ``torch.nn.Module`` attributes has ``dtype`` / is on ``device``."""
+    for name, module in vars(encoder).items():
+        if not isinstance(module, torch.nn.Module):
+            continue
+        for param in module.parameters():
+            if dtype is not None and param.is_floating_point():
+                assert param.dtype == dtype, f"encoder.{name} has {param.dtype} parameters after to({dtype})"
+            if device is not None:
+                assert param.device.type == device.type, f"encoder.{name} stayed on {param.device} after to({device})"
