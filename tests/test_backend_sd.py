@@ -77,14 +77,15 @@ def _plain_pipeline(kind: str) -> diffusers.StableDiffusionPipeline:
     if kind == "sd2-v-euler":
         unet = diffusers.UNet2DConditionModel(
             sample_size=8, block_out_channels=(8, 16), layers_per_block=1, cross_attention_dim=hidden,
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-            attention_head_dim=(2, 4), use_linear_projection=True, norm_num_groups=4)
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=(2, 4), use_linear_projection=True,
+            norm_num_groups=4)
         vae = diffusers.AutoencoderKL(
             in_channels=3, out_channels=3, block_out_channels=(8, 8, 16), layers_per_block=1, latent_channels=4,
             down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
             norm_num_groups=4, scaling_factor=3.0)
         scheduler = diffusers.EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085,
-                                                     beta_end=0.012, prediction_type="v_prediction")
+                                                     beta_end=0.012, prediction_type="v_prediction", steps_offset=1)
     else:
         unet = diffusers.UNet2DConditionModel(
             sample_size=16, block_out_channels=(8, 8, 16), layers_per_block=1, cross_attention_dim=hidden,

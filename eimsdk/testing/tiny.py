@@ -126,7 +126,8 @@ def get_dummy_components(family: str, seed: int = 0) -> dict[str, Any]:
         unet = UNet2DConditionModel(
             sample_size=16, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32, attention_head_dim=4, norm_num_groups=4,
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32, attention_head_dim=4,
+            norm_num_groups=4,
         ).eval()
         _seed(seed)
         text_encoder, tokenizer = tiny_clip_encoder(False)
