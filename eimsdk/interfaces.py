@@ -312,11 +312,7 @@ class NoisePredictionEncoder(Encoder):
 
     def timesteps(self, num_steps: int, t_start: float = 1.0, *, latents: torch.Tensor | None = None) -> torch.Tensor:
         """Uniform grid from ``t_start`` to 0 (at ``t_start = 1`` the model timesteps of DDIM 'trailing' spacing)."""
-        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-            raise InputError(f"num_steps must be a positive integer, got {num_steps!r}")
-        if not 0.0 < float(t_start) <= 1.0:
-            raise InputError(f"t_start must lie in (0, 1], got {t_start!r}")
-        return torch.linspace(float(t_start), 0.0, num_steps + 1, dtype=torch.float64).to(torch.float32)
+        return uniform_timesteps(num_steps, t_start)
 
     def _model_timestep(self, t: torch.Tensor) -> torch.Tensor:
         """Continuous t -> diffusers' 0-based model timestep ``t * T - 1`` (clamped at 0)."""
@@ -344,6 +340,15 @@ class NoisePredictionEncoder(Encoder):
         a2, s2 = (c.to(z.device, work).reshape(shape) for c in self.alpha_sigma(self._as_t(t_next, b, z)))
         x0 = (z.to(work) - s * eps) / a
         return (a2 * x0 + s2 * eps).to(z.dtype)
+
+
+def uniform_timesteps(num_steps: int, t_start: float = 1.0) -> torch.Tensor:
+    """``num_steps + 1`` evenly spaced noise levels from ``t_start`` down to 0 (float32), arguments checked."""
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+        raise InputError(f"num_steps must be a positive integer, got {num_steps!r}")
+    if not 0.0 < float(t_start) <= 1.0:
+        raise InputError(f"t_start must lie in (0, 1], got {t_start!r}")
+    return torch.linspace(float(t_start), 0.0, num_steps + 1, dtype=torch.float64).to(torch.float32)
 
 
 def classifier_free_guidance(uncond: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tensor:

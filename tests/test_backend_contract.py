@@ -7,7 +7,6 @@ import torch
 
 from eimsdk.records import Conditioning
 from eimsdk.testing.contract import EncoderContract
-from eimsdk.testing.tiny import build_tiny_pipeline
 from eimsdk_sd.encoder import SDEncoder
 
 
@@ -33,10 +32,8 @@ class CastOnlyTheFlagSD(SDEncoder):
 
 
 @pytest.fixture(scope="module")
-def tiny_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("sd-contract")
-    build_tiny_pipeline("sd", path, calibrate=True)
-    return path
+def tiny_path(tiny_pipeline_path):
+    return tiny_pipeline_path("sd")
 
 
 def test_the_swap_check_passes_the_backend_and_fails_a_padding_mask(tiny_path):

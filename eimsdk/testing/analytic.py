@@ -38,7 +38,7 @@ from einops import rearrange, repeat
 
 import eimsdk
 from eimsdk.errors import InputError
-from eimsdk.interfaces import Encoder
+from eimsdk.interfaces import Encoder, uniform_timesteps
 from eimsdk.records import Conditioning
 
 PIPELINE_CLASS = "AnalyticGaussianPipeline"
@@ -275,11 +275,7 @@ class GaussianEncoder(Encoder):
         return (0.5 * log_ab).exp().to(out), torch.expm1(log_ab).abs().sqrt().to(out)
 
     def timesteps(self, num_steps: int, t_start: float = 1.0, *, latents: torch.Tensor | None = None) -> torch.Tensor:
-        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-            raise InputError(f"num_steps must be a positive integer, got {num_steps!r}")
-        if not 0.0 < float(t_start) <= 1.0:
-            raise InputError(f"t_start must lie in (0, 1], got {t_start!r}")
-        return torch.linspace(float(t_start), 0.0, num_steps + 1, dtype=torch.float64).to(torch.float32)
+        return uniform_timesteps(num_steps, t_start)
 
     def _predict_eps(self, z_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """``s (a^2 Sigma + s^2 I)^{-1} (z_t - a mu)`` with Woodbury for the low-rank part; differentiable."""
