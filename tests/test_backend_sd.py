@@ -13,7 +13,7 @@ from eimsdk.errors import InputError
 from eimsdk.records import Conditioning, Direction
 from eimsdk.testing.contract import EncoderContract
 from eimsdk.testing.tiny import build_tiny_pipeline, get_dummy_components, tiny_clip_encoder
-from eimsdk_sd.encoder import SDEncoder
+from eimsdk_sd.encoder import SDEncoder, SDXLEncoder
 
 PROMPTS = ["a photo of a red circle", "a blue square on the left"]
 TOL = 1e-4  # the DiT backends' parity tolerance
@@ -247,3 +247,51 @@ class TestSDContract(EncoderContract):
     @pytest.fixture(scope="class")
     def encoder(self, tiny_path):
         return SDEncoder.from_pretrained(tiny_path)
+
+
+# ------------------------------------------------------------------------------------------------ 7. SDXL
+@pytest.fixture(scope="module")
+def sdxl_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sdxl-tiny")
+    build_tiny_pipeline("sdxl", path, calibrate=True)
+    return path
+
+
+@pytest.mark.parametrize("negative", [None, ["a dark background", "a green triangle"]])
+def test_sdxl_generate_matches_diffusers(sdxl_path, negative):
+    """Without negative prompts SDXL guides against zeros (``force_zeros_for_empty_prompt``); the scheduler uses
+    'leading' spacing, where ``init_noise_sigma`` depends on the steps set before the noise is drawn."""
+    encoder = SDXLEncoder.from_pretrained(sdxl_path)
+    pipe = diffusers.StableDiffusionXLPipeline.from_pretrained(str(sdxl_path))
+    pipe.set_progress_bar_config(disable=True)
+    kw = dict(num_inference_steps=3, guidance_scale=5.0, height=32, width=48)
+    ours = encoder.generate(PROMPTS, negative_prompts=negative, generator=_seed(4), **kw)
+    theirs = _pipeline_images(pipe, PROMPTS, negative_prompt=negative, generator=_seed(4), **kw)
+    assert ours.shape == (2, 3, 32, 48) and (ours - theirs).abs().max() <= TOL
+    unguided = encoder.generate(PROMPTS, negative_prompts=negative, generator=_seed(4), **{**kw, "guidance_scale": 1.0})
+    assert (unguided - ours).abs().max() > 100 * TOL
+
+
+def test_sdxl_derivative_wrt_the_pooled_vector_matches_central_differences(sdxl_path):
+    encoder = SDXLEncoder.from_pretrained(sdxl_path).to(torch.float64)
+    cond = encoder.encode_prompts(PROMPTS[:1])
+    z_t = torch.randn(1, 4, 16, 16, generator=_seed(5), dtype=torch.float64)
+
+    def f(pooled: torch.Tensor) -> torch.Tensor:
+        return encoder._predict_eps(z_t, torch.tensor([0.5]), Conditioning({**cond.embeds,
+                                                                             "pooled_prompt_embeds": pooled}))
+
+    x = cond.embeds["pooled_prompt_embeds"]
+    direction = torch.randn(x.shape, generator=_seed(6), dtype=torch.float64)
+    with torch.no_grad():
+        fd = (f(x + 1e-5 * direction) - f(x - 1e-5 * direction)) / 2e-5
+    assert fd.norm() > 1e-6
+    with sdpa_kernel(SDPBackend.MATH):
+        _, jvp = torch.func.jvp(f, (x,), (direction,))
+    assert float((jvp - fd).norm() / fd.norm()) < 1e-5
+
+
+class TestSDXLContract(EncoderContract):
+    @pytest.fixture(scope="class")
+    def encoder(self, sdxl_path):
+        return SDXLEncoder.from_pretrained(sdxl_path)

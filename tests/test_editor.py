@@ -30,8 +30,8 @@ def test_from_plain_diffusers_save_pretrained(tmp_path):
 
 
 def test_unknown_pipeline_class_lists_installed_backends(tmp_path):
-    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
-    with pytest.raises(BackendNotFoundError, match=r"StableDiffusionXLPipeline.*pixart \(PixArtAlphaPipeline"):
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "KandinskyV22Pipeline"}))
+    with pytest.raises(BackendNotFoundError, match=r"KandinskyV22Pipeline.*pixart \(PixArtAlphaPipeline"):
         Editor.from_pretrained(tmp_path)
 
 

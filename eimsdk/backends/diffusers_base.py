@@ -269,8 +269,8 @@ class DiffusersEncoder(Encoder):
             extra_step_kwargs["generator"] = generator
         return extra_step_kwargs
 
-    def _generation_timesteps(self, num_inference_steps: int, latents: torch.Tensor) -> torch.Tensor:
-        """The scheduler's timesteps for ``generate``, set up as the family's pipeline sets them."""
+    def _generation_timesteps(self, num_inference_steps: int, height: int, width: int) -> torch.Tensor:
+        """The scheduler's timesteps for ``generate`` at this image size, set up as the family's pipeline does."""
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
         return self.scheduler.timesteps
 
@@ -294,9 +294,11 @@ class DiffusersEncoder(Encoder):
         do_cfg = guidance_scale > 1.0
         cond = self.encode_prompts(prompts)
         if do_cfg:  # the unconditional half first, as the pipelines concatenate it
-            cond = Conditioning.cat([self.encode_prompts(negative_prompts or [""] * len(prompts)), cond])
+            uncond = self.encode_prompts(negative_prompts) if negative_prompts else self.null_conditioning(len(prompts))
+            cond = Conditioning.cat([uncond, cond])
+        # Timesteps before the noise, as the pipelines do: some schedulers' init_noise_sigma depends on them.
+        timesteps = self._generation_timesteps(num_inference_steps, height, width)
         latents = self.prepare_latents(len(prompts), height, width, generator, latents)  # (B, C, h, w)
-        timesteps = self._generation_timesteps(num_inference_steps, latents)
         step_kwargs = self.prepare_extra_step_kwargs(generator, 0.0)
         for t in tqdm(timesteps, desc="generate", disable=not progress, leave=False):
             model_input = torch.cat([latents] * 2) if do_cfg else latents

@@ -1,4 +1,4 @@
-"""Tiny PixArt, SD3, Flux and Stable Diffusion pipelines of the real diffusers classes, built offline from configs.
+"""Tiny PixArt, SD3, Flux, Stable Diffusion and SDXL pipelines of the real diffusers classes, built offline from configs.
 
 The sizes follow diffusers' own fast tests (a few hundred thousand parameters), with two VAE blocks so that
 the latent is downsampled by 2 and Flux's 2x2 packing is exercised. ``build_tiny_pipeline`` writes the
@@ -12,7 +12,7 @@ from typing import Any
 
 from eimsdk.tokenizers import build_clip_tokenizer, build_t5_tokenizer
 
-FAMILIES = ("pixart", "pixart-sigma", "sd3", "flux", "sd")
+FAMILIES = ("pixart", "pixart-sigma", "sd3", "flux", "sd", "sdxl")
 
 T5_MAX_LENGTH = 32
 
@@ -70,6 +70,7 @@ def get_dummy_components(family: str, seed: int = 0) -> dict[str, Any]:
     """Components for the family's pipeline class, seeded; keys are the pipeline's ``__init__`` arguments."""
     from diffusers import (
         DDIMScheduler,
+        EulerDiscreteScheduler,
         FlowMatchEulerDiscreteScheduler,
         FluxTransformer2DModel,
         PixArtTransformer2DModel,
@@ -136,6 +137,24 @@ def get_dummy_components(family: str, seed: int = 0) -> dict[str, Any]:
                                   clip_sample=False, set_alpha_to_one=False, steps_offset=1)
         return dict(unet=unet, vae=tiny_vae(4), text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
                     safety_checker=None, feature_extractor=None, image_encoder=None, requires_safety_checker=False)
+    if family == "sdxl":
+        _seed(seed)
+        unet = UNet2DConditionModel(
+            sample_size=16, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=64, attention_head_dim=(2, 4),
+            use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+            projection_class_embeddings_input_dim=6 * 8 + 32, norm_num_groups=4,
+        ).eval()
+        _seed(seed)
+        text_encoder, tokenizer = tiny_clip_encoder(False)
+        _seed(seed + 1)
+        text_encoder_2, tokenizer_2 = tiny_clip_encoder(True)
+        scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                           steps_offset=1, timestep_spacing="leading")
+        return dict(unet=unet, vae=tiny_vae(4), text_encoder=text_encoder, tokenizer=tokenizer,
+                    text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, scheduler=scheduler,
+                    image_encoder=None, feature_extractor=None)
     raise ValueError(f"family={family!r} is not one of {FAMILIES}")
 
 
@@ -145,6 +164,7 @@ PIPELINE_CLASSES = {
     "sd3": "StableDiffusion3Pipeline",
     "flux": "FluxPipeline",
     "sd": "StableDiffusionPipeline",
+    "sdxl": "StableDiffusionXLPipeline",
 }
 
 

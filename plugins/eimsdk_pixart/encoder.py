@@ -93,8 +93,8 @@ class PixArtEncoder(NoisePredictionDiffusersEncoder):
         return out
 
     # ------------------------------------------------------------------------------------------ generation
-    def _generation_timesteps(self, num_inference_steps: int, latents: torch.Tensor) -> torch.Tensor:
-        timesteps = super()._generation_timesteps(num_inference_steps, latents)
+    def _generation_timesteps(self, num_inference_steps: int, height: int, width: int) -> torch.Tensor:
+        timesteps = super()._generation_timesteps(num_inference_steps, height, width)
         if self.pipeline_class == "PixArtAlphaPipeline" and hasattr(self.scheduler, "set_begin_index"):
             self.scheduler.set_begin_index(0)
         return timesteps

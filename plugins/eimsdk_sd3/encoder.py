@@ -105,7 +105,8 @@ class SD3Encoder(FlowMatchingDiffusersEncoder):
             return_dict=False,
         )[0]
 
-    def _generation_timesteps(self, num_inference_steps: int, latents: torch.Tensor) -> torch.Tensor:
-        mu = self._mu(self._image_seq_len(latents))
+    def _generation_timesteps(self, num_inference_steps: int, height: int, width: int) -> torch.Tensor:
+        f = self.vae_scale_factor * self.patch_size
+        mu = self._mu((height // f) * (width // f))
         self.scheduler.set_timesteps(num_inference_steps, device=self.device, **({} if mu is None else {"mu": mu}))
         return self.scheduler.timesteps
