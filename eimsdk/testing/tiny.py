@@ -1,4 +1,4 @@
-"""Tiny PixArt, SD3, Flux, Stable Diffusion and SDXL pipelines of the real diffusers classes, built offline from configs.
+"""Tiny PixArt, SD3, Flux, Stable Diffusion and SDXL pipelines of the real diffusers classes, built from configs.
 
 The sizes follow diffusers' own fast tests (a few hundred thousand parameters), with two VAE blocks so that
 the latent is downsampled by 2 and Flux's 2x2 packing is exercised. ``build_tiny_pipeline`` writes the
