@@ -39,6 +39,13 @@ def _noise_like(z: torch.Tensor, seed: int = 1) -> torch.Tensor:
     return torch.randn(z.shape, generator=g).to(z)
 
 
+def _noisy(encoder: Encoder, prompt: str, t: float) -> tuple[torch.Tensor, Conditioning]:
+    """A noised latent of a random image at level ``t`` and the conditioning of ``prompt``."""
+    z0 = _latent(encoder)
+    with torch.no_grad():
+        return encoder.add_noise(z0, _noise_like(z0), t), encoder.encode_prompts([prompt])
+
+
 class EncoderContract:
     """Mixin of contract tests; the subclass provides the ``encoder`` fixture."""
 
@@ -123,10 +130,8 @@ class EncoderContract:
         assert not torch.allclose(eps1, eps_other, atol=1e-7), "eps_hat must depend on the prompt"
 
     def test_guidance_one_is_conditional(self, encoder: Encoder) -> None:
-        z0 = _latent(encoder)
+        z_t, cond = _noisy(encoder, self.prompts[0], 0.7)
         with torch.no_grad():
-            cond = encoder.encode_prompts([self.prompts[0]])
-            z_t = encoder.add_noise(z0, _noise_like(z0), 0.7)
             plain = encoder.predict_eps(z_t, 0.7, cond)
             g1 = encoder.predict_eps(z_t, 0.7, cond, guidance_scale=1.0, uncond=encoder.null_conditioning())
             g3 = encoder.predict_eps(z_t, 0.7, cond, guidance_scale=3.0)
@@ -234,10 +239,8 @@ class EncoderContract:
         Direction.load(direction.save(tmp_path / "direction")).check_fits(encoder, latent.z0)
 
     def test_to_moves_and_casts_consistently(self, encoder: Encoder) -> None:
-        z0 = _latent(encoder)
+        z_t, cond = _noisy(encoder, self.prompts[0], 0.5)
         with torch.no_grad():
-            cond = encoder.encode_prompts([self.prompts[0]])
-            z_t = encoder.add_noise(z0, _noise_like(z0), 0.5)
             reference = encoder.predict_eps(z_t, 0.5, cond)
         device = encoder.device
         try:
