@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 import diffusers
 from eimsdk.errors import InputError
-from eimsdk_toy.models import FAMILIES, PIPELINES, sample_kwargs
+from eimsdk_toy.models import FAMILIES, PIPELINES, denoiser_name, sample_kwargs
 from eimsdk_toy.train import TrainConfig, train
 
 SMALL = dict(batch_size=2, pool=64, log_every=5)
@@ -34,13 +34,14 @@ def test_smoke_training_writes_a_loadable_pipeline(out_root, family):
     assert [r["step"] for r in rows] == [0, 5, 10, 15, 19]
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
     summary = json.loads((folder / "training.json").read_text())
-    assert summary["steps"] == 20 and summary["parameters"]["transformer"] > 100_000
+    assert summary["steps"] == 20 and summary["parameters"][denoiser_name(family)] > 100_000
 
     index = json.loads((folder / "model_index.json").read_text())
     assert index["_class_name"] == PIPELINES[family]
     pipe = getattr(diffusers, PIPELINES[family]).from_pretrained(folder, torch_dtype=torch.float32)
-    assert pipe.transformer.dtype == torch.float32
-    stored = next(p for n, p in pipe.transformer.named_parameters())
+    denoiser = getattr(pipe, denoiser_name(family))
+    assert denoiser.dtype == torch.float32
+    stored = next(p for n, p in denoiser.named_parameters())
     assert torch.equal(stored, stored.half().float()), "weights are saved as exact fp16 values"
     pipe.set_progress_bar_config(disable=True)
     image = pipe("a large red circle at the top left on a black background", num_inference_steps=2,

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from eimsdk_toy.scenes import SceneSpec
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-FAMILIES = ("pixart", "sd3", "flux")
+FAMILIES = ("pixart", "sd3", "flux", "unet")
 
 
 class ModelNotTrainedError(EimsdkError, FileNotFoundError):
@@ -46,6 +46,11 @@ def sd3_model_path() -> Path:
 def flux_model_path() -> Path:
     """Folder of the shipped toy Flux model."""
     return default_model_path("flux")
+
+
+def unet_model_path() -> Path:
+    """Folder of the shipped toy UNet (a ``StableDiffusionPipeline``)."""
+    return default_model_path("unet")
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,8 @@ def register_models(register):
     register("toy-pixart", "eimsdk_toy:default_model_path", description="toy PixArt-alpha trained on scenes")
     register("toy-sd3", "eimsdk_toy:sd3_model_path", description="toy Stable Diffusion 3 trained on scenes")
     register("toy-flux", "eimsdk_toy:flux_model_path", description="toy FLUX.1 (schnell-like) trained on scenes")
+    if (WEIGHTS_DIR / "unet" / "model_index.json").is_file():  # the name exists once trained weights ship
+        register("toy-unet", "eimsdk_toy:unet_model_path", description="toy Stable Diffusion UNet trained on scenes")
 
 
 @eimsdk.hookimpl

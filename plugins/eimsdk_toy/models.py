@@ -4,9 +4,10 @@ Every family gets the pipeline its real models use, with the same component clas
 
 - pixart: ``PixArtAlphaPipeline``, ``PixArtTransformer2DModel`` (DDPM eps; 2 x C output channels), T5 encoder;
 - sd3: ``StableDiffusion3Pipeline``, ``SD3Transformer2DModel`` (flow matching), 2 x CLIP with projection + T5;
-- flux: ``FluxPipeline``, ``FluxTransformer2DModel`` (flow matching, 2x2-packed latents), CLIP + T5.
+- flux: ``FluxPipeline``, ``FluxTransformer2DModel`` (flow matching, 2x2-packed latents), CLIP + T5;
+- unet: ``StableDiffusionPipeline``, ``UNet2DConditionModel`` (DDPM eps, toy PixArt's schedule), the toy Flux's CLIP.
 
-All three share one tiny trained ``AutoencoderKL`` (32x32 RGB <-> 4x16x16 latents, factor 2), so every
+All four share one tiny trained ``AutoencoderKL`` (32x32 RGB <-> 4x16x16 latents, factor 2), so every
 transformer sees 64 image tokens (patch 2 for PixArt/SD3, Flux's 2x2 packing with patch 1). The text encoders
 are random and frozen (seeded, rounded to fp16 so the shipped weights are exactly the trained ones), on the
 offline tokenizers of :mod:`eimsdk.tokenizers`; the transformer learns to read them.
@@ -20,9 +21,9 @@ import torch
 
 from eimsdk.tokenizers import build_clip_tokenizer, build_t5_tokenizer
 
-FAMILIES: tuple[str, ...] = ("pixart", "sd3", "flux")
+FAMILIES: tuple[str, ...] = ("pixart", "sd3", "flux", "unet")
 PIPELINES: dict[str, str] = {"pixart": "PixArtAlphaPipeline", "sd3": "StableDiffusion3Pipeline",
-                             "flux": "FluxPipeline"}
+                             "flux": "FluxPipeline", "unet": "StableDiffusionPipeline"}
 IMAGE_SIZE = 32
 LATENT_CHANNELS = 4
 LATENT_SIZE = 16  # IMAGE_SIZE / VAE factor 2
@@ -110,11 +111,33 @@ def build_transformer(family: str, seed: int):
     raise ValueError(f"family={family!r} is not one of {FAMILIES}")
 
 
+def build_unet(seed: int):
+    """The toy UNet: Stable Diffusion's layout (cross-attention down/up blocks, a plain lowest level, a
+    cross-attention mid block) at 16x16 latents, 32/64/128 channels, one ResNet per block: 3.17 M parameters, inside
+    the toy DiTs' 1.77-3.47 M. It reads the 64-d CLIP hidden states of the toy Flux's text encoder, with no mask."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=LATENT_SIZE, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS,
+        block_out_channels=(32, 64, 128), layers_per_block=1, norm_num_groups=16, attention_head_dim=4,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=64,
+    )
+
+
+def denoiser_name(family: str) -> str:
+    """The pipeline component that denoises: ``unet`` for the UNet family, ``transformer`` for the DiTs."""
+    return "unet" if family == "unet" else "transformer"
+
+
 def build_scheduler(family: str, prediction_type: str = "epsilon"):
     """The sampler saved with the pipeline (the training noise process is the same one)."""
     from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler
 
-    if family == "pixart":  # PixArt-alpha's own scheduler config (optionally v-prediction)
+    # PixArt-alpha's own scheduler config (optionally v-prediction); the toy UNet shares it, so the toy PixArt and
+    # the toy UNet differ in the denoiser and its text path, not in the noise process.
+    if family in ("pixart", "unet"):
         return DPMSolverMultistepScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
                                            num_train_timesteps=1000, prediction_type=prediction_type)
     if family == "sd3":
@@ -131,7 +154,7 @@ def vae_for(family: str, vae):
     import copy
 
     out = copy.deepcopy(vae)
-    if family == "pixart":
+    if family in ("pixart", "unet"):
         out.register_to_config(shift_factor=None)
     return out
 
@@ -142,15 +165,20 @@ def build_pipeline(family: str, vae, seed: int = 0, prediction_type: str = "epsi
 
     if family not in FAMILIES:
         raise ValueError(f"family={family!r} is not one of {FAMILIES}")
-    parts: dict[str, Any] = dict(transformer=build_transformer(family, seed), vae=vae_for(family, vae),
-                                 scheduler=build_scheduler(family, prediction_type))
+    parts: dict[str, Any] = dict(vae=vae_for(family, vae), scheduler=build_scheduler(family, prediction_type))
+    if family == "unet":
+        parts["unet"] = build_unet(seed)
+        parts["text_encoder"], parts["tokenizer"] = build_clip(seed + 1, 64, with_projection=False)
+        parts.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    else:
+        parts["transformer"] = build_transformer(family, seed)
     if family == "pixart":
         parts["text_encoder"], parts["tokenizer"] = build_t5(seed + 1)
     elif family == "sd3":
         parts["text_encoder"], parts["tokenizer"] = build_clip(seed + 1, 32, with_projection=True)
         parts["text_encoder_2"], parts["tokenizer_2"] = build_clip(seed + 2, 32, with_projection=True)
         parts["text_encoder_3"], parts["tokenizer_3"] = build_t5(seed + 3)
-    else:
+    elif family == "flux":
         parts["text_encoder"], parts["tokenizer"] = build_clip(seed + 1, 64, with_projection=False)
         parts["text_encoder_2"], parts["tokenizer_2"] = build_t5(seed + 2)
     pipe = getattr(diffusers, PIPELINES[family])(**parts)

@@ -1,16 +1,17 @@
-"""Train the toy world's models from a fixed seed: the shared VAE, then PixArt, SD3 and Flux transformers.
+"""Train the toy world's models from a fixed seed: the shared VAE, then PixArt, SD3 and Flux transformers and a UNet.
 
 Usage::
 
     python -m eimsdk_toy.train --family pixart --out DIR [--device cpu|cuda] [--steps N]
     python -m eimsdk_toy.train --family all --out DIR --device cuda
+    python -m eimsdk_toy.train --family unet --out DIR --device cuda --max-minutes 4
 
 Each family is written to ``DIR/<family>`` with its pipeline's ``save_pretrained`` (fp16), loadable with
-``PixArtAlphaPipeline`` / ``StableDiffusion3Pipeline`` / ``FluxPipeline.from_pretrained``, together with
+``PixArtAlphaPipeline`` / ``StableDiffusion3Pipeline`` / ``FluxPipeline`` / ``StableDiffusionPipeline.from_pretrained``, with
 ``train_log.jsonl`` (one line per logged step) and ``training.json`` (config, parameter counts, seconds).
 A transformer family needs the shared VAE: ``DIR/vae`` if present, else the shipped one, else it is trained
 first into ``DIR/vae``. Objectives follow the real models: DDPM eps-prediction on PixArt's linear beta
-schedule (min-SNR-5 weighted); rectified flow (velocity ``eps - z0``, logit-normal noise levels shifted like the
+schedule (min-SNR-5 weighted; the UNet trains exactly the same objective); rectified flow (velocity ``eps - z0``, logit-normal noise levels shifted like the
 sampler) for SD3 and Flux. Text encoders are frozen, so every caption is encoded once, with the pipeline's own
 ``encode_prompt``.
 """
@@ -30,7 +31,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from eimsdk.errors import InputError
-from eimsdk_toy.models import FAMILIES, LATENT_CHANNELS, LATENT_SIZE, build_pipeline, build_vae, fp16_exact_
+from eimsdk_toy.models import (FAMILIES, LATENT_CHANNELS, LATENT_SIZE, build_pipeline, build_vae, denoiser_name,
+                                fp16_exact_)
 from eimsdk_toy.scenes import caption, random_spec, render
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -38,8 +40,8 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 # shipped models were trained with these and ``--max-minutes 4`` (or 3.4 for Flux), three families side by side
 # on one H100 (docs/toy-world.md has the measured steps and times).
 DEFAULTS: dict[str, dict[str, tuple[int, int]]] = {
-    "cpu": {"vae": (1500, 64), "pixart": (6000, 64), "sd3": (2000, 32), "flux": (1200, 32)},
-    "cuda": {"vae": (1500, 64), "pixart": (6000, 256), "sd3": (3000, 256), "flux": (3000, 256)},
+    "cpu": {"vae": (1500, 64), "pixart": (6000, 64), "sd3": (2000, 32), "flux": (1200, 32), "unet": (6000, 64)},
+    "cuda": {"vae": (1500, 64), "pixart": (6000, 256), "sd3": (3000, 256), "flux": (3000, 256), "unet": (6000, 256)},
 }
 
 
@@ -48,7 +50,7 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    family: Literal["vae", "pixart", "sd3", "flux"]
+    family: Literal["vae", "pixart", "sd3", "flux", "unet"]
     steps: int = Field(0, ge=0, le=1_000_000, description="optimiser steps; 0 = the default for family and device")
     batch_size: int = Field(0, ge=0, le=4096, description="0 = the default for family and device")
     lr: float = Field(5e-4, gt=0, le=0.1)
@@ -59,7 +61,7 @@ class TrainConfig(BaseModel):
     kl_weight: float = Field(1e-6, ge=0, le=1, description="VAE only")
     snr_gamma: float = Field(5.0, ge=0, le=100, description="min-SNR loss weighting for DDPM (PixArt); 0 = off")
     prediction_type: Literal["epsilon", "v_prediction"] = Field(
-        "epsilon", description="PixArt only: what the transformer predicts (saved in the scheduler config)")
+        "epsilon", description="PixArt and UNet only: what the denoiser predicts (saved in the scheduler config)")
     max_seconds: float = Field(0.0, ge=0, description="wall-clock budget; 0 = none. With a budget the "
                                "schedule runs to whichever of steps and seconds comes first, then saves")
     seed: int = Field(0, ge=0)
@@ -205,6 +207,9 @@ def encode_captions(pipe, family: str, captions: list[str], device: torch.device
             embeds, _, pooled, _ = pipe.encode_prompt(chunk, chunk, chunk, device=device,
                                                       do_classifier_free_guidance=False)
             rows.append({"prompt_embeds": embeds, "pooled": pooled})
+        elif family == "unet":
+            embeds, _ = pipe.encode_prompt(chunk, device, 1, do_classifier_free_guidance=False)
+            rows.append({"prompt_embeds": embeds})
         else:
             embeds, pooled, _ = pipe.encode_prompt(chunk, chunk, device=device)
             rows.append({"prompt_embeds": embeds, "pooled": pooled})
@@ -230,15 +235,19 @@ def diffusion_loss(family: str, transformer, z0: torch.Tensor, cond: dict[str, t
     PixArt predicts ``eps`` (the real checkpoints) or ``v = sqrt(ab) eps - sqrt(1 - ab) z0`` (Salimans & Ho,
     2022), which keeps the x0 signal at high noise where eps-prediction carries almost none; min-SNR-gamma
     weights ``min(snr, gamma) / snr`` (eps) or ``min(snr, gamma) / (snr + 1)`` (v) are the same x0-space weight.
+    The UNet family trains the same DDPM objective; only the denoiser's call differs.
     """
     b = z0.shape[0]
     eps = torch.randn(z0.shape, device=z0.device, generator=gen)
-    if family == "pixart":  # DDPM: predict eps at an integer timestep
+    if family in ("pixart", "unet"):  # DDPM: predict eps at an integer timestep
         t = torch.randint(0, len(alphas_cumprod), (b,), device=z0.device, generator=gen)
         ab = alphas_cumprod[t].view(b, 1, 1, 1)
         z_t = ab.sqrt() * z0 + (1 - ab).sqrt() * eps
-        out = transformer(z_t, encoder_hidden_states=cond["prompt_embeds"], encoder_attention_mask=cond["mask"],
-                          timestep=t, added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample
+        if family == "unet":
+            out = transformer(z_t, t, encoder_hidden_states=cond["prompt_embeds"]).sample
+        else:
+            out = transformer(z_t, encoder_hidden_states=cond["prompt_embeds"], encoder_attention_mask=cond["mask"],
+                              timestep=t, added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample
         v = prediction_type == "v_prediction"
         target = ab.sqrt() * eps - (1 - ab).sqrt() * z0 if v else eps
         err = (out[:, :LATENT_CHANNELS].float() - target).pow(2).mean(dim=(1, 2, 3))  # (B,)
@@ -268,13 +277,13 @@ def diffusion_loss(family: str, transformer, z0: torch.Tensor, cond: dict[str, t
 
 
 def train_family(cfg: TrainConfig, out_root: Path, vae=None) -> Path:
-    """Train one transformer family into ``out_root/<family>``; returns that folder."""
+    """Train one denoiser family (a transformer, or the UNet) into ``out_root/<family>``; returns that folder."""
     device = torch.device(cfg.device)
     out = out_root / cfg.family
     vae = vae if vae is not None else load_or_train_vae(out_root, cfg)
     pipe = build_pipeline(cfg.family, vae.to(torch.float32), seed=cfg.seed,
                           prediction_type=cfg.prediction_type).to(device)
-    transformer = pipe.transformer.train()
+    transformer = getattr(pipe, denoiser_name(cfg.family)).train()
 
     pixels, captions = render_pool(cfg.pool, cfg.seed + 1)
     table_captions = sorted(set(captions)) + [""]
@@ -287,8 +296,9 @@ def train_family(cfg: TrainConfig, out_root: Path, vae=None) -> Path:
     lat_std = torch.cat([d.std for d in dist])
     shift_factor = pipe.vae.config.shift_factor or 0.0
     scaling = pipe.vae.config.scaling_factor
-    alphas_cumprod = pipe.scheduler.alphas_cumprod.to(device) if cfg.family == "pixart" else None
-    shift = flow_shift(cfg.family, pipe.scheduler) if cfg.family != "pixart" else 1.0
+    ddpm = cfg.family in ("pixart", "unet")
+    alphas_cumprod = pipe.scheduler.alphas_cumprod.to(device) if ddpm else None
+    shift = 1.0 if ddpm else flow_shift(cfg.family, pipe.scheduler)
 
     ema = [p.detach().clone() for p in transformer.parameters()]
     opt = torch.optim.AdamW(transformer.parameters(), lr=cfg.lr, weight_decay=0.0)
@@ -347,9 +357,9 @@ def _write_summary(out: Path, cfg: TrainConfig, seconds: float, modules: dict[st
 
 
 def train(family: str, out: str | Path = WEIGHTS_DIR, **overrides: Any) -> list[Path]:
-    """Train ``family`` ("vae", "pixart", "sd3", "flux" or "all") into ``out``; returns the folders written."""
+    """Train ``family`` ("vae", "pixart", "sd3", "flux", "unet" or "all") into ``out``; returns the folders written."""
     if family not in ("vae", "all", *FAMILIES):
-        raise InputError(f"family={family!r} is not one of vae, pixart, sd3, flux, all")
+        raise InputError(f"family={family!r} is not one of vae, {', '.join(FAMILIES)}, all")
     if overrides.get("device", "cpu").startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"device={overrides['device']!r} but CUDA is not available here; pass --device cpu")
     out = Path(out)
@@ -382,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pool", type=int, default=16384, help="number of rendered training scenes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prediction-type", default="epsilon", choices=["epsilon", "v_prediction"],
-                   help="PixArt only: eps (like the real checkpoints) or v prediction")
+                   help="PixArt and UNet only: eps (like the real checkpoints) or v prediction")
     p.add_argument("--max-minutes", type=float, default=0.0, help="wall-clock budget per family (0: none); the "
                    "learning-rate schedule follows whichever of steps and time runs out first, then it saves")
     args = p.parse_args(argv)
