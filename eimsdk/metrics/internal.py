@@ -12,7 +12,8 @@ image), noise levels ``t_1..t_K`` and seeded noise ``eps_k`` (the same for every
 ``P`` decodes to pixels (``space="pixel"``, the default: every model answers in the same image space) or is the
 identity (``space="latent"``); ``h`` is the strength. ``S = 1`` when every attribute's direction changes the
 model's clean-image prediction in its own orthogonal set of pixels; ``0`` when all directions change the same
-thing. It needs no reader, so any two models can be compared on the same prompts.
+thing. It needs no reader, so any two models can be compared on the same prompts. ``S`` is the mean of the
+per-image scores ``S_n = 1 - mean_{a < b} |cos(R_a,n, R_b,n)|``, which the result keeps for intervals over images.
 """
 
 from __future__ import annotations
@@ -53,18 +54,21 @@ class ResponseOverlapConfig(BaseModel):
 
 @dataclass
 class OverlapResult:
-    """Overall and per-attribute scores, the overlap matrix ``O`` and the mean response norm per attribute."""
+    """Overall and per-attribute scores, the overlap matrix ``O``, the mean response norm per attribute and the
+    per-image scores ``S_n`` (their mean is ``score``)."""
 
     score: float
     per_attribute: dict[str, float]
     overlap: np.ndarray  # (m, m), ones on the diagonal
     attributes: list[str]
     response_norm: dict[str, float]
+    per_source: list[float]
 
     def as_dict(self) -> dict[str, Any]:
         return {"score": round(self.score, 6), "per_attribute": {k: round(v, 6) for k, v in self.per_attribute.items()},
                 "attributes": list(self.attributes), "overlap": [[round(float(v), 6) for v in row] for row in self.overlap],
-                "response_norm": {k: round(v, 6) for k, v in self.response_norm.items()}}
+                "response_norm": {k: round(v, 6) for k, v in self.response_norm.items()},
+                "per_source": [round(v, 6) for v in self.per_source]}
 
 
 class ResponseOverlap:
@@ -109,8 +113,11 @@ class ResponseOverlap:
         np.fill_diagonal(o, 1.0)
         off = ~np.eye(m, dtype=bool)
         per = {a: float(1.0 - o[j][off[j]].mean()) for j, a in enumerate(names)}
-        score = float(1.0 - o[np.triu_indices(m, k=1)].mean())
-        return OverlapResult(score=score, per_attribute=per, overlap=o, attributes=names, response_norm=norms)
+        pairs = np.triu_indices(m, k=1)
+        score = float(1.0 - o[pairs].mean())
+        per_source = [float(1.0 - overlap[i][pairs].mean()) for i in range(n)]
+        return OverlapResult(score=score, per_attribute=per, overlap=o, attributes=names, response_norm=norms,
+                             per_source=per_source)
 
     # -------------------------------------------------------------------------------------------- helpers
     def _check(self, encoder: Encoder, latent: JointLatent,

@@ -1,0 +1,65 @@
+"""Percentile bootstrap intervals for the disentanglement scores: ``D`` over edit tasks, ``S`` over source images.
+
+``D`` (:mod:`eimsdk.metrics.disentanglement`) is a function of the matrix of mean reader changes per edited
+attribute, so its interval resamples the edit tasks of each edited attribute with replacement (each row keeps its
+task count) and recomputes ``D``. A benchmark's ``summary.json`` keeps only the averaged matrix and the row counts;
+for it, :func:`bootstrap_dci_from_matrix` redraws each cell of a change-rate matrix as ``Binomial(n_i, M_ij) / n_i``,
+cells independently (the per-task joint changes are not stored). ``S`` (:mod:`eimsdk.metrics.internal`) is the mean
+of per-image scores, so its interval resamples images.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from eimsdk.errors import InputError
+from eimsdk.metrics.disentanglement import ResponseMatrix, dci_disentanglement, matrix_from_changes
+
+
+def _percentiles(samples: np.ndarray, level: float) -> tuple[float, float]:
+    if not 0.0 < level < 1.0:
+        raise InputError(f"level must lie in (0, 1), got {level!r}")
+    lo, hi = np.nanpercentile(samples, [50 * (1 - level), 50 * (1 + level)])
+    return float(lo), float(hi)
+
+
+def bootstrap_dci(changes: Sequence[tuple[str, Mapping[str, float]]], rows: Sequence[str], cols: Sequence[str], *,
+                  resamples: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Interval of ``D`` from per-task ``(edited attribute, {read attribute: change})``, resampling tasks per row."""
+    by_row = {r: [c for a, c in changes if a == r] for r in rows}
+    empty = [r for r, recs in by_row.items() if not recs]
+    if empty:
+        raise InputError(f"rows {empty} have no tasks; every row needs at least one")
+    rng = np.random.default_rng(seed)
+    scores = np.empty(resamples)
+    for b in range(resamples):
+        drawn = [(r, recs[k]) for r, recs in by_row.items() for k in rng.integers(len(recs), size=len(recs))]
+        scores[b] = dci_disentanglement(matrix_from_changes(drawn, rows, cols)).overall
+    return _percentiles(scores, level)
+
+
+def bootstrap_dci_from_matrix(matrix: ResponseMatrix, *, resamples: int = 2000, level: float = 0.95,
+                              seed: int = 0) -> tuple[float, float]:
+    """Interval of ``D`` from a change-rate matrix and its row counts alone (parametric; module docstring)."""
+    m = np.asarray(matrix.matrix, dtype=np.float64)
+    if len(matrix.counts) != m.shape[0] or min(matrix.counts, default=0) < 1:
+        raise InputError(f"matrix needs a positive task count per row, got counts={matrix.counts}")
+    if m.min() < 0 or m.max() > 1:
+        raise InputError("matrix entries must be change rates in [0, 1] (categorical readers)")
+    n = np.asarray(matrix.counts)[:, None]  # (rows, 1)
+    rng = np.random.default_rng(seed)
+    scores = np.array([dci_disentanglement(rng.binomial(n, m) / n, matrix.rows, matrix.cols).overall
+                       for _ in range(resamples)])
+    return _percentiles(scores, level)
+
+
+def bootstrap_mean(values: Sequence[float], *, resamples: int = 2000, level: float = 0.95,
+                   seed: int = 0) -> tuple[float, float]:
+    """Interval of the mean of ``values`` (e.g. per-image ``S_n``), resampling them with replacement."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 1 or len(x) < 1:
+        raise InputError(f"values must be a non-empty list of numbers, got shape {x.shape}")
+    rng = np.random.default_rng(seed)
+    return _percentiles(x[rng.integers(len(x), size=(resamples, len(x)))].mean(axis=1), level)
