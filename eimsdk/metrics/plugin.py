@@ -17,3 +17,9 @@ def register_metrics(register):
 def register_readers(register):
     register("clip-probe", "eimsdk.metrics.pretrained:ClipProbeReader",
              description="zero-shot CLIP attribute probe from a local model folder")
+
+
+@eimsdk.hookimpl
+def register_commands(register):
+    register("overlap", "eimsdk.metrics.overlap_command:overlap_command",
+             description="reader-free disentanglement S of several models on the same prompts")
