@@ -294,4 +294,7 @@ def write_report(out: str | Path, results: list[dict[str, Any]], config: Any,
     summary["plots"] = plots
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, sort_keys=True))
     atomic_write_text(out / "report.md", markdown(summary, config, plots))
+    from eimsdk.bench.compare import comparison_markdown, comparison_rows  # D and S with intervals
+
+    atomic_write_text(out / "comparison.md", comparison_markdown(comparison_rows(summary, results)))
     return summary

@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from eimsdk.errors import InputError
-from eimsdk.metrics.disentanglement import ResponseMatrix, dci_disentanglement, matrix_from_changes
+from eimsdk.metrics.disentanglement import ResponseMatrix, dci_disentanglement
 
 
 def _percentiles(samples: np.ndarray, level: float) -> tuple[float, float]:
@@ -32,11 +32,15 @@ def bootstrap_dci(changes: Sequence[tuple[str, Mapping[str, float]]], rows: Sequ
     empty = [r for r, recs in by_row.items() if not recs]
     if empty:
         raise InputError(f"rows {empty} have no tasks; every row needs at least one")
+    missing = sorted({col for recs in by_row.values() for c in recs for col in cols if col not in c})
+    if missing:
+        raise InputError(f"some tasks have no change for reader columns {missing}")
+    tasks = [np.array([[c[col] for col in cols] for c in recs], dtype=np.float64) for recs in by_row.values()]
     rng = np.random.default_rng(seed)
     scores = np.empty(resamples)
     for b in range(resamples):
-        drawn = [(r, recs[k]) for r, recs in by_row.items() for k in rng.integers(len(recs), size=len(recs))]
-        scores[b] = dci_disentanglement(matrix_from_changes(drawn, rows, cols)).overall
+        drawn = np.stack([t[rng.integers(len(t), size=len(t))].mean(axis=0) for t in tasks])  # (rows, m)
+        scores[b] = dci_disentanglement(drawn, list(rows), list(cols)).overall
     return _percentiles(scores, level)
 
 
