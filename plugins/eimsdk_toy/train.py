@@ -7,11 +7,13 @@ Usage::
     python -m eimsdk_toy.train --family unet --out DIR --device cuda --max-minutes 4
 
 Each family is written to ``DIR/<family>`` with its pipeline's ``save_pretrained`` (fp16), loadable with
-``PixArtAlphaPipeline`` / ``StableDiffusion3Pipeline`` / ``FluxPipeline`` / ``StableDiffusionPipeline.from_pretrained``, with
+``PixArtAlphaPipeline`` / ``StableDiffusion3Pipeline`` / ``FluxPipeline`` / ``StableDiffusionPipeline``
+``.from_pretrained``, together with
 ``train_log.jsonl`` (one line per logged step) and ``training.json`` (config, parameter counts, seconds).
 A transformer family needs the shared VAE: ``DIR/vae`` if present, else the shipped one, else it is trained
 first into ``DIR/vae``. Objectives follow the real models: DDPM eps-prediction on PixArt's linear beta
-schedule (min-SNR-5 weighted; the UNet trains exactly the same objective); rectified flow (velocity ``eps - z0``, logit-normal noise levels shifted like the
+schedule (min-SNR-5 weighted; the UNet trains the same objective); rectified flow (velocity ``eps - z0``,
+logit-normal noise levels shifted like the
 sampler) for SD3 and Flux. Text encoders are frozen, so every caption is encoded once, with the pipeline's own
 ``encode_prompt``.
 """
