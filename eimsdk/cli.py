@@ -5,14 +5,36 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 from eimsdk.hookspecs import KINDS
 
-from eimsdk.bench.cli import add_bench_parser, parse_settings, run_bench
+from eimsdk.bench.cli import add_bench_parser, run_bench
 
 DEFAULT_MODEL = "toy-pixart"
+#: Commands that only list or print; every other command runs a model and gets a thread count (eimsdk.threads).
+LISTING_COMMANDS = ("plugins",)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (``eimsdk edit: error: ...``) and exit status 2, as docs/cli.md says."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _seed(text: str) -> int:
+    """argparse type of ``--seed``: an integer in the range :func:`eimsdk.settings.check_seed` accepts."""
+    from eimsdk.errors import InputError
+    from eimsdk.settings import check_seed
+
+    try:
+        return check_seed(int(text), "--seed")
+    except (ValueError, InputError) as exc:
+        message = str(exc) if isinstance(exc, InputError) else f"--seed={text!r} is not an integer"
+        raise argparse.ArgumentTypeError(message) from None
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -31,7 +53,7 @@ def _edit_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="eimsdk", description="Fine-grained text-guided image editing with "
+    parser = _Parser(prog="eimsdk", description="Fine-grained text-guided image editing with "
                                      "diffusion transformers (Encode - Identify - Manipulate).")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -49,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=4.5)
     p.add_argument("--height", type=int)
     p.add_argument("--width", type=int)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", required=True, help="output image path (.png)")
 
     p = sub.add_parser("edit", help="edit an image: find a direction and apply it")
@@ -59,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strength", type=float, default=1.0)
     p.add_argument("--method", default="hsds", help="direction finder (eimsdk plugins --kind finder)")
     p.add_argument("--preserve", action="append", default=[], help="prompt whose content must not change")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="finder config override")
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="finder or manipulator setting (by name, "
+                   "e.g. lam=0.1 for hsds, t_edit=0.6 for the manipulator)")
     p.add_argument("--restore-size", action="store_true", help="resize the output back to the input size")
     p.add_argument("--out", required=True, help="output image path (.png); the direction is saved beside it")
 
@@ -73,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "to average several pairs)")
     q.add_argument("--method", default="hsds")
     q.add_argument("--preserve", action="append", default=[])
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--seed", type=_seed, default=0)
     q.add_argument("--set", action="append", metavar="KEY=VALUE")
     q.add_argument("--out", required=True, help="direction file (.safetensors)")
     q = dsub.add_parser("apply", help="apply saved direction(s) to an image")
@@ -154,13 +177,20 @@ def _table(rows: list[dict[str, Any]], cols: list[str]) -> None:
         print("  ".join(str(r.get(c, "")).ljust(width[c]) for c in cols).rstrip())
 
 
-def _editor(args: argparse.Namespace):
+def _editor(args: argparse.Namespace, outputs: Sequence[tuple[str, bool]] = ()):
+    """Check the inputs and the ``(output path, is an image)`` pairs, then load the model."""
     from eimsdk.editor import Editor
     from eimsdk.images import load_image
+    from eimsdk.outputs import check_output_file
+    from eimsdk.settings import check_device
 
+    inputs = [args.image] if getattr(args, "image", None) else []
+    inputs += list(getattr(args, "direction", None) or [])
     if getattr(args, "image", None):  # fail on a bad image before spending seconds loading the model
-        load_image(args.image, name="image")
-
+        load_image(args.image, name="--image")
+    for path, image in outputs:
+        check_output_file(path, name="--out", inputs=inputs, image=image)
+    check_device(args.device, "--device")
     return Editor.from_pretrained(args.model, backend=args.backend, device=args.device, dtype=args.dtype)
 
 
@@ -174,7 +204,7 @@ def _print_cost(label: str, cost: Any) -> None:
 def cmd_generate(args: argparse.Namespace) -> int:
     from eimsdk.records import save_image
 
-    editor = _editor(args)
+    editor = _editor(args, [(args.out, True)])
     images = editor.generate(args.prompt, num_inference_steps=args.steps, guidance_scale=args.guidance,
                              height=args.height, width=args.width, seed=args.seed,
                              negative_prompt=args.negative_prompt, progress=True)
@@ -183,48 +213,80 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
+    from eimsdk.outputs import check_output_file
     from eimsdk.records import save_image
+    from eimsdk.settings import check_strength
 
-    editor = _editor(args)
-    result = editor.edit(args.image, args.prompt, args.target, args.strength, method=args.method, seed=args.seed,
+    finder_config, manipulator_config = _settings(args.set, args.method)
+    strength = check_strength(args.strength, "--strength", warn=False)
+    direction_out = check_output_file(args.out, image=True).with_suffix(".direction.safetensors")
+    editor = _editor(args, [(args.out, True), (str(direction_out), False),
+                            (str(direction_out.with_suffix(".json")), False)])
+    result = editor.edit(args.image, args.prompt, args.target, strength, method=args.method, seed=args.seed,
                          preserve_prompts=args.preserve, size=tuple(args.size) if args.size else None,
-                         restore_size=args.restore_size, finder_config=parse_settings(args.set, "--set"))
+                         restore_size=args.restore_size, finder_config=finder_config, **manipulator_config)
     out = save_image(result.image, args.out)
     print(f"wrote {out}")
     if result.direction is not None:
-        print(f"wrote {result.direction.save(Path(args.out).with_suffix('.direction.safetensors'))}")
+        print(f"wrote {result.direction.save(direction_out)}")
     _print_cost("find", result.find_cost)
     _print_cost("apply", result.cost)
     return 0
 
 
+def _settings(items: Sequence[str] | None, method: str, *, with_manipulator: bool = True
+              ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``--set`` items routed to the finder ``method`` and the linear manipulator, validated before any model loads."""
+    from eimsdk.plugins import get_plugin_manager
+    from eimsdk.settings import make_component, parse_settings, route_settings
+
+    pm = get_plugin_manager()
+    finder_cls = pm.load("finder", method)
+    manipulator_cls = pm.load("manipulator", "linear") if with_manipulator else None
+    finder_config, manipulator_config = route_settings(parse_settings(items), finder_cls, manipulator_cls,
+                                                       finder=method, manipulator="linear")
+    make_component(finder_cls, finder_config, f"finder {method!r}")
+    if manipulator_cls is not None:
+        make_component(manipulator_cls, manipulator_config, "manipulator 'linear'")
+    return finder_config, manipulator_config
+
+
 def cmd_direction(args: argparse.Namespace) -> int:
+    from eimsdk.errors import InputError
+    from eimsdk.outputs import check_output_file
     from eimsdk.records import Direction, save_image
+    from eimsdk.settings import check_strength, parse_strengths
 
     if args.direction_command is None:
-        raise SystemExit("eimsdk: error: choose an action: find, apply or sweep (eimsdk direction --help)")
-    editor = _editor(args)
+        raise InputError("choose an action: find, apply or sweep (eimsdk direction --help)")
     size = tuple(args.size) if args.size else None
     if args.direction_command == "find":
+        finder_config, _ = _settings(args.set, args.method, with_manipulator=False)
+        out = check_output_file(args.out).with_suffix(".safetensors")
+        editor = _editor(args, [(str(out), False), (str(out.with_suffix(".json")), False)])
         prompts = [args.prompt] * len(args.target)
         d = editor.find_direction(args.image, prompts, args.target, method=args.method,
-                                  preserve_prompts=args.preserve, seed=args.seed, size=size, **parse_settings(args.set, "--set"))
+                                  preserve_prompts=args.preserve, seed=args.seed, size=size, **finder_config)
         print(f"wrote {d.save(args.out)}")
         if "cost" in d.meta:
             c = d.meta["cost"]
             print(f"find: {c.get('model_evals')} model evals, {c.get('seconds')} s")
         return 0
-    directions = [Direction.load(p, device=editor.encoder.device) for p in args.direction]
     if args.direction_command == "apply":
-        strengths = args.strength or [1.0] * len(directions)
-        if len(strengths) != len(directions):
-            raise SystemExit(f"eimsdk: error: got {len(strengths)} --strength for {len(directions)} --direction")
+        strengths = [check_strength(s, "--strength", warn=False) for s in args.strength or [1.0] * len(args.direction)]
+        if len(strengths) != len(args.direction):
+            raise InputError(f"got {len(strengths)} --strength for {len(args.direction)} --direction; give one each")
+    else:
+        strengths = parse_strengths(args.strengths)
+    directions = [Direction.load(p) for p in args.direction]
+    editor = _editor(args, [(args.out, True)])
+    directions = [d.to(editor.encoder.device) for d in directions]
+    if args.direction_command == "apply":
         result = editor.apply(args.image, args.prompt, list(zip(directions, strengths)), size=size,
                               restore_size=args.restore_size)
         print(f"wrote {save_image(result.image, args.out)}")
         _print_cost("apply", result.cost)
         return 0
-    strengths = [float(s) for s in args.strengths.split(",") if s.strip()]
     named = {Path(p).stem: d for p, d in zip(args.direction, directions)}
     grid, _ = editor.sweep(args.image, args.prompt, named, strengths, size=size, progress=True)
     print(f"wrote {save_image(grid, args.out)}")
@@ -246,14 +308,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "bench": run_bench}
     from eimsdk.errors import EimsdkError
 
-    try:
-        return int((handlers.get(args.command) or args.handler)(args) or 0)
-    except EimsdkError as exc:
-        print(f"eimsdk: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("eimsdk: interrupted", file=sys.stderr)
-        return 130
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            if args.command not in LISTING_COMMANDS:
+                from eimsdk.threads import apply_num_threads
+
+                apply_num_threads()
+            return int((handlers.get(args.command) or args.handler)(args) or 0)
+        except EimsdkError as exc:
+            print(f"eimsdk: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("eimsdk: interrupted", file=sys.stderr)
+            return 130
+
+
+def _show_warning(message: Warning | str, category: type, *args: Any, **kwargs: Any) -> None:
+    """Warnings as one line each on stderr, like errors."""
+    print(f"eimsdk: warning: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -16,6 +15,7 @@ from eimsdk.interfaces import Encoder
 from eimsdk.plugins import PluginManager, get_plugin_manager
 from eimsdk.cost import Cost, CostMeter
 from eimsdk.records import Direction, EditResult, JointLatent
+from eimsdk.settings import check_device, check_strength, make_component
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64}
@@ -58,13 +58,10 @@ def resolve_model(path: str, pm: PluginManager) -> str:
     """A plugin-registered model name (``eimsdk plugins`` lists them) -> its folder; anything else unchanged."""
     if not Path(path).exists() and path in pm.components["model"]:
         return str(pm.load("model", path)())
+    if not Path(path).exists() and "/" not in path:
+        raise BackendNotFoundError(f"model {path!r} is not a folder, a hub id (owner/name) or an installed model name "
+                                   f"(installed: {', '.join(pm.names('model')) or 'none'}). {pm.blocked_hint()}".strip())
     return path
-
-
-def _check_strength(strength: float, name: str = "strength") -> float:
-    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength):
-        raise InputError(f"{name} must be a finite number (negative reverses the edit), got {strength!r}")
-    return float(strength)
 
 
 class Editor:
@@ -91,6 +88,7 @@ class Editor:
                         plugin_manager: PluginManager | None = None, **kwargs: Any) -> "Editor":
         """Load a model; the backend is picked from ``model_index.json`` (``_class_name``) unless named."""
         pm = plugin_manager or get_plugin_manager()
+        check_device(device)
         path = resolve_model(str(path_or_hub_id), pm)
         if backend is None:
             class_name = read_pipeline_class(path)
@@ -98,9 +96,11 @@ class Editor:
             if not matches:
                 installed = "; ".join(f"{c.name} ({', '.join(c.extra.get('pipeline_classes', ())) or '-'})"
                                       for c in pm.list("backend")) or "none"
+                blocked = pm.blocked_hint()
                 raise BackendNotFoundError(
                     f"no installed backend loads {class_name!r} (from {path!r}). Installed backends: {installed}. "
-                    "Install the family's extra, e.g. `pip install \"eimsdk[pixart]\"`, or a plugin that provides it.")
+                    + (blocked or "Install the family's extra, e.g. `pip install \"eimsdk[pixart]\"`, or a plugin "
+                       "that provides it."))
             if len(matches) > 1:
                 raise BackendNotFoundError(f"several backends load {class_name!r}: {[c.name for c in matches]}; "
                                            "choose one with backend=...")
@@ -162,11 +162,9 @@ class Editor:
         """
         sources = check_prompts(prompt, None, self.encoder, name="prompt")
         targets = check_prompts(target_prompt, len(sources), self.encoder, name="target_prompt")
-        if list(targets) == list(sources):
-            raise InputError("target_prompt equals prompt, so there is nothing to edit; change the words for the "
-                             "attribute you want to move (e.g. 'red' -> 'blue')")
         preserve = check_prompts(preserve_prompts, None, self.encoder, name="preserve_prompts") if preserve_prompts else []
-        finder = self.plugins.load("finder", method)(**config)
+        finder = make_component(self.plugins.load("finder", method), config, f"finder {method!r}")
+        _check_not_noop(self.encoder, sources, targets)
         if latent is None:
             latent = self.encode(image, sources[0], size=size)
         torch.manual_seed(seed)
@@ -183,8 +181,8 @@ class Editor:
 
         ``direction`` may be a list of ``(direction, strength)`` pairs, which compose by addition.
         """
-        edits = ([(direction, _check_strength(strength))] if isinstance(direction, Direction)
-                 else [(d, _check_strength(s, f"direction[{i}] strength")) for i, (d, s) in enumerate(direction)])
+        edits = ([(direction, check_strength(strength))] if isinstance(direction, Direction)
+                 else [(d, check_strength(s, f"direction[{i}] strength")) for i, (d, s) in enumerate(direction)])
         if not edits:
             raise InputError("direction is an empty list; pass a Direction or (Direction, strength) pairs")
         if latent is None:
@@ -192,7 +190,8 @@ class Editor:
         for d, _ in edits:
             d.check_fits(self.encoder, latent.z0)
         config = {**self.manipulator_config, **manipulator_config}
-        manipulator = self.plugins.load("manipulator", self.manipulator_name)(**config)
+        manipulator = make_component(self.plugins.load("manipulator", self.manipulator_name), config,
+                                     f"manipulator {self.manipulator_name!r}")
         with CostMeter(self.encoder) as meter:
             z_edit = manipulator.apply(self.encoder, latent, [(d.to(self.encoder.device), s) for d, s in edits])
             with torch.no_grad():
@@ -207,7 +206,9 @@ class Editor:
              restore_size: bool = False, finder_config: dict[str, Any] | None = None,
              **manipulator_config: Any) -> EditResult:
         """Encode, Identify, Manipulate: edit ``image`` from ``prompt`` toward ``target_prompt``."""
-        _check_strength(strength)
+        strength = check_strength(strength, warn=False)
+        make_component(self.plugins.load("manipulator", self.manipulator_name),
+                       {**self.manipulator_config, **manipulator_config}, f"manipulator {self.manipulator_name!r}")
         latent = self.encode(image, prompt, size=size)
         direction = self.find_direction(image, prompt, target_prompt, method=method, preserve_prompts=preserve_prompts,
                                         seed=seed, latent=latent, **(finder_config or {}))
@@ -224,7 +225,7 @@ class Editor:
 
         if isinstance(directions, Direction):
             directions = {directions.meta.get("name", "direction"): directions}
-        strengths = [_check_strength(s, "strengths[]") for s in strengths]
+        strengths = [check_strength(s, "strengths[]") for s in strengths]
         latent = self.encode(image, prompt, size=size)
         source = to_pil(self.source_pixels(image, latent))
         rows, results = [], {}
@@ -240,3 +241,15 @@ class Editor:
             rows.append([source[0]] + [r.image for r in results[name]])
         grid = edit_grid(rows, row_labels=list(directions), col_labels=["source"] + [f"{s:+g}" for s in strengths])
         return grid, results
+
+
+def _check_not_noop(encoder: Encoder, sources: Sequence[str], targets: Sequence[str]) -> None:
+    """Refuse a target the model cannot tell from its prompt (equal after the encoder's normalisation)."""
+    with torch.no_grad():
+        cond = encoder.encode_prompts(list(sources) + list(targets))
+    n = len(sources)
+    for i, (source, target) in enumerate(zip(sources, targets)):
+        if all(torch.allclose(v[i], v[n + i], rtol=1e-5, atol=1e-6) for v in cond.embeds.values()):
+            raise InputError(f"target_prompt {target!r} encodes like prompt {source!r} (the text encoder normalises "
+                             "case and spacing), so there is nothing to edit; change the words for the attribute you "
+                             "want to move (e.g. 'red' -> 'blue')")

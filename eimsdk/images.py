@@ -2,10 +2,16 @@
 
 Images: paths, PIL images, numpy arrays (H, W[, C], uint8/uint16/float in [0, 1]) or tensors
 (B, 3, H, W in [-1, 1]) are accepted. PIL inputs are EXIF-transposed; RGBA/LA/P-with-transparency are
-composited on white; L, P, CMYK, I;16, I and F become RGB (16-bit and float scaled to 8-bit range). The model
-size is ``size`` if given, else the image's own size rounded to the nearest multiple of the family's
-``image_multiple`` (at least one multiple); the image is resized to it with Lanczos (aspect changes by less
-than one multiple). Outputs can be resized back to the original size.
+composited on white; L, P, CMYK, I;16, I and F become RGB (16-bit and float scaled to 8-bit range). Files
+that declare more than ``MAX_IMAGE_PIXELS`` pixels (decompression bombs) and animated images (GIF, APNG,
+WebP with more than one frame) are refused; a camera's multi-picture JPEG (MPO) uses its primary image.
+
+Size: the model size is ``size`` if given (a larger size than the model's own is allowed; memory grows with
+its square). Otherwise it is the model's own size (``default_size``: the transformer's sample size times the
+VAE factor, as diffusers does), with the image's aspect ratio kept: the model size has at most the pixel area
+of the default size, each side a multiple of the family's ``image_multiple`` (at least one multiple). A
+256x256 photo on a 32x32 model is encoded at 32x32; a 4000x3000 one at 28x36 (H, W). The image is resized
+with Lanczos; outputs can be resized back to the original size.
 
 Prompts: must be non-empty strings; prompts longer than the model's token limit are truncated by the
 tokenizer, with a warning naming the limit.
@@ -13,6 +19,7 @@ tokenizer, with a warning naming the limit.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from pathlib import Path
@@ -21,6 +28,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from eimsdk.errors import InputError
+
+#: Images that declare more pixels than this are refused before decoding (PIL's own warning threshold).
+MAX_IMAGE_PIXELS = 89_478_485
 
 if TYPE_CHECKING:
     import torch
@@ -37,19 +47,24 @@ def load_image(image: Any, name: str = "image") -> "Image.Image":
             raise InputError(f"{name}={str(path)!r} does not exist or is not a file")
         try:
             with Image.open(path) as im:
+                _check_declared(im, name, str(path))
                 im.load()
                 image = im.copy() if im.format != "MPO" else im.convert("RGB")
                 image.info.update(im.info)
                 exif = im.getexif()
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        except Image.DecompressionBombError as exc:
+            raise InputError(f"{name}={str(path)!r} declares more than {MAX_IMAGE_PIXELS} pixels ({exc}); "
+                             "resize it to a photograph's size first") from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
             raise InputError(f"{name}={str(path)!r} could not be read as an image ({exc}); pass a valid PNG, "
-                             "JPEG or WebP file") from exc
+                             "JPEG or WebP file") from None
         if exif:
             image.getexif().update(exif)
     if isinstance(image, np.ndarray):
         image = _array_to_pil(image, name)
     if not isinstance(image, Image.Image):
         raise InputError(f"{name} must be a path, PIL.Image, numpy array or tensor, got {type(image).__name__}")
+    _check_declared(image, name, "the image")
     if image.width < 1 or image.height < 1:
         raise InputError(f"{name} is empty ({image.width}x{image.height})")
     try:
@@ -73,6 +88,17 @@ def load_image(image: Any, name: str = "image") -> "Image.Image":
     elif mode != "RGB":
         image = image.convert("RGB")
     return image
+
+
+def _check_declared(im: "Image.Image", name: str, where: str) -> None:
+    """Refuse, before decoding, an image that declares too many pixels or more than one frame."""
+    if im.width * im.height > MAX_IMAGE_PIXELS:
+        raise InputError(f"{name}={where!r} declares {im.width}x{im.height} pixels, more than {MAX_IMAGE_PIXELS}; "
+                         "resize it to a photograph's size first")
+    frames = getattr(im, "n_frames", 1)
+    if frames > 1 and im.format != "MPO":
+        raise InputError(f"{name}={where!r} is an animated {im.format or 'image'} with {frames} frames; eimsdk edits "
+                         "one still image: save the frame you want as a PNG first")
 
 
 def _array_to_pil(arr: np.ndarray, name: str) -> "Image.Image":
@@ -104,6 +130,18 @@ def model_size(size_hw: tuple[int, int], multiple: int) -> tuple[int, int]:
     return tuple(max(multiple, int(round(s / multiple)) * multiple) for s in size_hw)  # type: ignore[return-value]
 
 
+def fit_area(size_hw: tuple[int, int], default_size: tuple[int, int], multiple: int) -> tuple[int, int]:
+    """The model size for an image of (H, W): its aspect ratio, at most ``default_size``'s area, sides multiples."""
+    h, w = size_hw
+    area = default_size[0] * default_size[1]
+    exact_h, exact_w = math.sqrt(area * h / w), math.sqrt(area * w / h)
+    out_h, out_w = model_size((exact_h, exact_w), multiple)
+    if out_h * out_w > area:  # rounding up on both sides would grow the token count
+        out_h = max(multiple, int(exact_h // multiple) * multiple)
+        out_w = max(multiple, int(area / out_h // multiple) * multiple)
+    return out_h, out_w
+
+
 def to_model_tensor(images: Any, *, multiple: int, size: tuple[int, int] | None = None,
                     default_size: tuple[int, int] | None = None, name: str = "image"
                     ) -> tuple["torch.Tensor", list[tuple[int, int]]]:
@@ -121,7 +159,7 @@ def to_model_tensor(images: Any, *, multiple: int, size: tuple[int, int] | None 
         if images.min() < -1.001 or images.max() > 1.001:
             raise InputError(f"{name} tensor values must lie in [-1, 1], got [{images.min():.3g}, {images.max():.3g}]")
         h, w = images.shape[-2:]
-        target = size or model_size((h, w), multiple)
+        target = size or _default_target((h, w), multiple, default_size)
         _check_size(target, multiple, name)
         if tuple(target) != (h, w):
             images = torch.nn.functional.interpolate(images.float(), size=tuple(target), mode="bicubic",
@@ -132,7 +170,7 @@ def to_model_tensor(images: Any, *, multiple: int, size: tuple[int, int] | None 
         raise InputError(f"{name} is an empty list; pass at least one image")
     pils = [load_image(im, name if len(items) == 1 else f"{name}[{i}]") for i, im in enumerate(items)]
     original = [(im.height, im.width) for im in pils]
-    target = size or model_size(original[0], multiple)
+    target = size or _default_target(original[0], multiple, default_size)
     _check_size(target, multiple, name)
     arrays = []
     for im in pils:
@@ -140,6 +178,11 @@ def to_model_tensor(images: Any, *, multiple: int, size: tuple[int, int] | None 
             im = im.resize((target[1], target[0]), Image.LANCZOS)
         arrays.append(np.asarray(im, dtype=np.float32) / 127.5 - 1.0)
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous(), original
+
+
+def _default_target(size_hw: tuple[int, int], multiple: int, default_size: tuple[int, int] | None
+                    ) -> tuple[int, int]:
+    return fit_area(size_hw, default_size, multiple) if default_size else model_size(size_hw, multiple)
 
 
 def _check_size(size: Sequence[int], multiple: int, name: str) -> None:

@@ -2,14 +2,18 @@
 
 Plugins are found through the ``eimsdk`` entry-point group (built-in ones too) and talk to eimsdk only
 through the hooks in :mod:`eimsdk.hookspecs`. Loading is isolated: a plugin that fails to import, or whose
-hook raises, or that registers a bad or duplicate component, is recorded as failed with its error, and every
-other plugin keeps working. Nothing here imports torch.
+hook raises, or whose entry-point name is invalid, or that registers a bad or duplicate component, is
+recorded as failed with its error, and every other plugin keeps working. The built-in plugins (those of the
+``eimsdk`` distribution) load first, so a third-party plugin that registers a built-in name (``hsds``) fails
+alone, with both providers named, and the built-ins keep their names. Nothing here imports torch.
 
-Environment variables:
+Environment variables (a value that names no installed plugin, or is empty, or is not understood, gets a
+warning that says what was done instead):
 
 - ``EIMSDK_PLUGINS_ALLOW``: comma-separated plugin names; when set, only these are loaded.
 - ``EIMSDK_PLUGINS_BLOCK``: comma-separated plugin names that are never loaded.
-- ``EIMSDK_PLUGINS_STRICT=1``: raise on the first plugin failure instead of recording it.
+- ``EIMSDK_PLUGINS_STRICT``: ``1``/``true``/``yes``/``on`` raise on the first plugin failure instead of recording
+  it; ``0``/``false``/``no``/``off`` (or unset) record it.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import os
 import re
 import threading
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Iterable
@@ -29,6 +34,9 @@ from eimsdk import hookspecs
 from eimsdk.errors import PluginError
 
 ENTRY_POINT_GROUP = "eimsdk"
+BUILTIN_DISTRIBUTION = "eimsdk"
+STRICT_VALUES = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False,
+                 "off": False, "": False}
 NAME_RE = re.compile(r"^[a-z][a-z0-9_.\-]{0,63}$")
 
 # Which base class each kind of component must derive from (checked when the component is loaded, so that
@@ -116,7 +124,21 @@ def _env_list(var: str) -> set[str] | None:
     raw = os.environ.get(var)
     if raw is None:
         return None
-    return {item.strip() for item in raw.split(",") if item.strip()}
+    names = {item.strip() for item in raw.split(",") if item.strip()}
+    if not names:
+        warnings.warn(f"{var}={raw!r} names no plugin; it is ignored (unset it, or list plugin names separated by "
+                      "commas)", stacklevel=3)
+        return None
+    return names
+
+
+def _env_strict() -> bool:
+    raw = os.environ.get("EIMSDK_PLUGINS_STRICT", "")
+    if raw.strip().lower() not in STRICT_VALUES:
+        warnings.warn(f"EIMSDK_PLUGINS_STRICT={raw!r} is not understood; use 1 (raise on a plugin failure) or 0 "
+                      "(record it); plugins load without strict mode", stacklevel=3)
+        return False
+    return STRICT_VALUES[raw.strip().lower()]
 
 
 class PluginManager:
@@ -125,7 +147,7 @@ class PluginManager:
     def __init__(self, *, load_entry_points: bool = True, strict: bool | None = None) -> None:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
-        self.strict = os.environ.get("EIMSDK_PLUGINS_STRICT") == "1" if strict is None else strict
+        self.strict = _env_strict() if strict is None else strict
         self.components: dict[str, dict[str, Component]] = {kind: {} for kind in hookspecs.KINDS}
         self.plugins: dict[str, PluginInfo] = {}
         if load_entry_points:
@@ -135,7 +157,14 @@ class PluginManager:
     def load_entry_points(self, group: str = ENTRY_POINT_GROUP) -> None:
         allow, block = _env_list("EIMSDK_PLUGINS_ALLOW"), _env_list("EIMSDK_PLUGINS_BLOCK") or set()
         seen: set[str] = set()
-        for ep in sorted(metadata.entry_points(group=group), key=lambda e: e.name):
+        entry_points = sorted(metadata.entry_points(group=group), key=lambda e: (not _is_builtin(e), e.name))
+        for var, names in (("EIMSDK_PLUGINS_ALLOW", allow or set()), ("EIMSDK_PLUGINS_BLOCK", block)):
+            unknown = sorted(names - {ep.name for ep in entry_points})
+            if unknown:
+                warnings.warn(f"{var} names {', '.join(map(repr, unknown))}, which is not an installed plugin "
+                              f"(installed: {', '.join(sorted({ep.name for ep in entry_points}))}); check the "
+                              "spelling", stacklevel=2)
+        for ep in entry_points:
             if ep.name in seen:  # the same distribution visible twice on sys.path
                 continue
             seen.add(ep.name)
@@ -144,7 +173,14 @@ class PluginManager:
                               version=dist.version if dist else None)
             if ep.name in block or (allow is not None and ep.name not in allow):
                 info.status = "blocked"
+                info.error = ("blocked by EIMSDK_PLUGINS_BLOCK" if ep.name in block
+                              else "not in EIMSDK_PLUGINS_ALLOW")
                 self.plugins[ep.name] = info
+                continue
+            if not NAME_RE.match(ep.name):
+                self.plugins[ep.name] = info
+                self._fail(info, f"entry-point name {ep.name!r} is invalid: use lowercase letters, digits, '.', '_' "
+                           "or '-'; rename it in the plugin's package metadata", PluginError(ep.name))
                 continue
             try:
                 module = ep.load()
@@ -208,6 +244,14 @@ class PluginManager:
                                   f"({comp.target}); rename one, or block one with EIMSDK_PLUGINS_BLOCK")
             names[key] = comp
 
+    def blocked_hint(self) -> str:
+        """A sentence naming the installed plugins that ALLOW/BLOCK keep from loading ('' when none)."""
+        blocked = sorted(p.name for p in self.plugins.values() if p.status == "blocked")
+        if not blocked:
+            return ""
+        return (f"Installed but blocked by EIMSDK_PLUGINS_ALLOW/EIMSDK_PLUGINS_BLOCK: {', '.join(blocked)}; "
+                "unblock the one that provides it.")
+
     def _fail(self, info: PluginInfo, message: str, exc: BaseException) -> None:
         info.status = "failed"
         info.error = message
@@ -229,6 +273,8 @@ class PluginManager:
             hint = ""
             if failed:
                 hint = " Plugins that failed to load: " + "; ".join(f"{p.name} ({p.error})" for p in failed) + "."
+            if self.blocked_hint():
+                hint += " " + self.blocked_hint()
             raise PluginError(f"no {kind} named {name!r} is installed (installed: {have}).{hint} "
                               "Run `eimsdk plugins` to see what is available.") from None
 
@@ -248,6 +294,11 @@ class PluginManager:
 
     def report(self) -> list[dict[str, Any]]:
         return [info.as_dict() for _, info in sorted(self.plugins.items())]
+
+
+def _is_builtin(ep: metadata.EntryPoint) -> bool:
+    dist = getattr(ep, "dist", None)
+    return dist is not None and dist.name == BUILTIN_DISTRIBUTION
 
 
 _MANAGER: PluginManager | None = None

@@ -266,12 +266,28 @@ class Direction:
                                          "match the digest written at save time (the file was modified); re-create "
                                          "it with Direction.save or `eimsdk direction find`")
         meta = json.loads(header["eimsdk"])
+        _check_sidecar(path.with_suffix(".json"), meta)
         if meta.get("format_version", 0) > FORMAT_VERSION:
             raise DirectionMismatchError(f"{str(path)!r} has format version {meta['format_version']}, newer than "
                                          f"this eimsdk reads ({FORMAT_VERSION}); upgrade eimsdk")
         dc = Conditioning.from_tensors(tensors, "dc")
         meta.pop("format_version", None)
         return cls(tensors["dz"], dc, meta).to(device)
+
+
+def _check_sidecar(sidecar: Path, signed: dict[str, Any]) -> None:
+    """Refuse a direction whose JSON sidecar (written for people to read) differs from the signed header."""
+    if not sidecar.is_file():
+        return
+    try:
+        shown = json.loads(sidecar.read_text())
+    except (OSError, ValueError) as exc:
+        raise DirectionMismatchError(f"{str(sidecar)!r} is not readable JSON ({exc}); delete it or save the "
+                                     "direction again") from None
+    if shown != signed:
+        keys = sorted(k for k in set(shown) | set(signed) if shown.get(k) != signed.get(k))
+        raise DirectionMismatchError(f"{str(sidecar)!r} differs from the signed header of its .safetensors (keys "
+                                     f"{keys}); it was edited: delete it, or save the direction again")
 
 
 def _tensor_digest(tensors: Mapping[str, torch.Tensor], meta_json: str) -> str:
@@ -315,6 +331,7 @@ def atomic_write(path: str | os.PathLike, writer) -> Path:
     os.close(fd)
     try:
         writer(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; a finished output gets an ordinary file's mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -322,12 +339,31 @@ def atomic_write(path: str | os.PathLike, writer) -> Path:
     return path
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
+#: Output image formats by suffix; any other suffix is refused before work starts.
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF",
+                 ".bmp": "BMP"}
+
+
+def image_format(path: str | os.PathLike, name: str = "out") -> str:
+    """The PIL format an output image is written in, from its suffix; an unknown suffix is an InputError."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in IMAGE_FORMATS:
+        raise InputError(f"{name}={str(path)!r}: cannot write images as {suffix or 'a file without a suffix'!r}; "
+                         f"use one of {', '.join(sorted(IMAGE_FORMATS))}")
+    return IMAGE_FORMATS[suffix]
+
+
 def save_image(image: "Image.Image", path: str | os.PathLike) -> Path:
-    """Save a PIL image atomically; the format follows the suffix."""
-    path = Path(path)
-    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(path.suffix.lower(), "PNG")
+    """Save a PIL image atomically, in the format its suffix names (:data:`IMAGE_FORMATS`)."""
+    fmt = image_format(path)
     return atomic_write(path, lambda tmp: image.save(tmp, format=fmt))
