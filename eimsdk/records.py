@@ -323,6 +323,10 @@ class EditResult:
 
 
 # ------------------------------------------------------------------------------------------ atomic output
+#: Temporary files of :func:`atomic_write`: ``.NAME.<8 random characters>.tmp<suffix>`` beside the target.
+TEMP_FILE_PATTERN = r"^\..+\.[A-Za-z0-9_]{8}\.tmp(\.[^.]*)?$"
+
+
 def atomic_write(path: str | os.PathLike, writer) -> Path:
     """Call ``writer(tmp_path)`` then rename onto ``path``, so a crash never leaves a half-written file."""
     path = Path(path)
@@ -337,6 +341,20 @@ def atomic_write(path: str | os.PathLike, writer) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files a killed :func:`atomic_write` left under ``folder``; returns what was removed.
+
+    Call it only while no other process writes there (``eimsdk bench`` holds its output folder's lock).
+    """
+    import re
+
+    pattern = re.compile(TEMP_FILE_PATTERN)
+    removed = [p for p in Path(folder).rglob(".*") if p.is_file() and pattern.match(p.name)]
+    for p in removed:
+        p.unlink(missing_ok=True)
+    return removed
 
 
 def _umask() -> int:

@@ -64,26 +64,28 @@ def route_settings(settings: dict[str, Any], finder_cls: type | None, manipulato
 
 
 def make_component(cls: type, settings: dict[str, Any], what: str) -> Any:
-    """``cls(**settings)`` with the config's ValidationError turned into an InputError naming key and range."""
+    """``cls(**settings)`` with a bad setting turned into an InputError naming the key and what it accepts."""
     from pydantic import ValidationError
 
     try:
         return cls(**settings)
     except ValidationError as exc:
-        raise InputError(describe_error(exc, _config_of(cls), what)) from None
+        raise InputError(describe_error(exc, getattr(cls, "Config", None), what)) from None
+    except TypeError as exc:  # a component without a pydantic config, given a keyword it does not take
+        raise InputError(f"{what} settings {sorted(settings)} are not accepted: {exc}") from None
 
 
-def describe_error(exc: Any, config_cls: type, what: str) -> str:
+def describe_error(exc: Any, config_cls: type | None, what: str) -> str:
     """One line for a pydantic ValidationError: each bad key, the value it got and what it accepts."""
     problems = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "settings"
+        fields = getattr(config_cls, "model_fields", {})
         if err["type"] == "extra_forbidden":
-            problems.append(f"{key!r} is not a setting (accepted: {', '.join(sorted(config_cls.model_fields))})")
+            problems.append(f"{key!r} is not a setting (accepted: {', '.join(sorted(fields)) or 'none'})")
         else:
-            field = key.split(".")[0]
-            problems.append(f"{key}={err.get('input')!r} is invalid ({err['msg']}); accepted: "
-                            f"{accepted_range(config_cls, field)}")
+            accepted = accepted_range(config_cls, key.split(".")[0]) if fields else "see the component's docs"
+            problems.append(f"{key}={err.get('input')!r} is invalid ({err['msg']}); accepted: {accepted}")
     return f"{what} settings: " + "; ".join(problems)
 
 

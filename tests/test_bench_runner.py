@@ -112,10 +112,12 @@ def test_killed_run_resumes_without_redoing_or_corrupting(tmp_path, pm, model, m
     assert len(calls) == len(items) - 3 and set(calls).isdisjoint(finished)
     assert [strip_timing(r) for r in _results(out)] == [strip_timing(r) for r in _results(tmp_path / "reference")]
 
-    # Changing what determines a result (here the strengths) redoes every unit.
+    # Changing what determines a result (here the strengths) on the same folder is refused; nothing is redone.
     calls.clear()
-    Runner(items, cfg.model_copy(update={"strengths": [2.0]}), out, plugin_manager=pm, progress=False).run()
-    assert len(calls) == len(items)
+    before = {p: p.read_bytes() for p in (out / "items").rglob("*.json")}
+    with pytest.raises(InputError, match="strengths"):
+        Runner(items, cfg.model_copy(update={"strengths": [2.0]}), out, plugin_manager=pm, progress=False).run()
+    assert calls == [] and {p: p.read_bytes() for p in (out / "items").rglob("*.json")} == before
 
 
 def test_method_overrides_route_to_finder_or_manipulator(tmp_path, pm, model):
@@ -153,7 +155,7 @@ def test_internal_score_names_units_finished_without_directions(tmp_path, pm, mo
 
 @pytest.mark.parametrize("kw, error, match", [
     (dict(methods=["no-such-finder"]), PluginError, "no finder named 'no-such-finder'"),
-    (dict(methods=["fake-oracle:gain=-1"]), InputError, "fake-oracle:gain=-1.*invalid finder settings"),
+    (dict(methods=["fake-oracle:gain=-1"]), InputError, "fake-oracle:gain=-1.*finder settings: gain=-1 .*accepted: a number > 0"),
     (dict(methods=["fake-oracle:gain"]), InputError, "must be key=value"),
     (dict(methods=["fake-oracle:gain=2", "fake-oracle:gain=2"]), InputError, "duplicate"),
     (dict(reader="toy", strengths=[float("nan")]), InputError, "finite"),

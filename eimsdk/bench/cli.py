@@ -5,22 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from eimsdk.errors import InputError
-
-
-def parse_settings(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
-    """``key=value`` arguments -> dict, values parsed as JSON when possible (``lam=0.1``, ``k=4``)."""
-    from eimsdk.bench.runner import parse_value
-
-    out: dict[str, Any] = {}
-    for item in items or ():
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise InputError(f"{flag} expects key=value, got {item!r}")
-        out[key] = parse_value(value)
-    return out
+from eimsdk.outputs import check_output_dir
+from eimsdk.settings import parse_settings
 
 
 def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -66,19 +55,22 @@ def run_bench(args: argparse.Namespace) -> int:
     from eimsdk.bench.manifest import load_manifest, resolve_manifest, write_manifest
     from eimsdk.bench.runner import BenchConfig, Runner
 
-    out = Path(args.out)
+    out = check_output_dir(args.out)
     if args.report_only:
         if not (out / "config.json").is_file():
             raise InputError(f"--out {str(out)!r} has no config.json; run the benchmark there first")
         from eimsdk.bench.report import write_report
         from eimsdk.bench.runner import collect_results
 
+        from eimsdk.bench.runner import OutputLock
+
         given = {"models": args.models, "methods": args.methods}  # strengths are part of each unit's key
         stored = json.loads((out / "config.json").read_text())
         config = BenchConfig.model_validate({**stored, **{k: v for k, v in given.items() if v is not None}})
-        results = collect_results(out, load_manifest(out / "manifest.jsonl"), config)
-        internal = json.loads((out / "internal.json").read_text()) if (out / "internal.json").is_file() else None
-        write_report(out, results, config, internal=internal)
+        with OutputLock(out):
+            results = collect_results(out, load_manifest(out / "manifest.jsonl"), config)
+            internal = json.loads((out / "internal.json").read_text()) if (out / "internal.json").is_file() else None
+            write_report(out, results, config, internal=internal)
         print(f"wrote {out / 'report.md'}")
         return 0
     if not args.manifest:

@@ -116,6 +116,11 @@ class ManifestItem(BaseModel):
         """The (H, W) mask of the edited region at ``size``, or None when the item has no region."""
         return None if self.region is None else self.region.to_mask(size)
 
+    def check_source(self) -> None:
+        """Refuse, when the benchmark is set up, an item whose image file is missing (not mid-run)."""
+        if not Path(self.image).is_file():
+            raise InputError(f"item {self.id!r}: image {self.image!r} does not exist or is not a file")
+
     @property
     def group_key(self) -> str:
         """Items with the same key edit the same source."""

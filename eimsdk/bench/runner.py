@@ -5,6 +5,12 @@ it at every strength, reads the attributes of the source and of each edit, and w
 ``items/MODEL/METHOD/ID.json`` atomically, after the unit's images. A finished JSON whose ``key`` (a hash of
 everything that determines the result) matches is never redone, so a killed run resumes where it stopped.
 
+An output folder belongs to one run at a time: the run holds ``OUT/.lock`` (an OS file lock, released when the
+process ends, however it ends; a second run on the same folder is refused naming the holder's pid), removes
+the temporary files a killed run left, and refuses to continue a folder whose stored ``config.json`` has
+other result-determining settings. Unit keys include a SHA-256 of each source image file's bytes, so a
+replaced image is edited again.
+
 Under ``accelerate launch`` / ``torchrun`` (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` in the environment) item
 ``i`` runs on rank ``i % WORLD_SIZE``; items are seeded by id, so results do not depend on the number of
 processes. Rank 0 waits for every rank, merges ``results.jsonl`` and writes the report.
@@ -12,6 +18,7 @@ processes. Rank 0 waits for every rank, merges ``results.jsonl`` and writes the 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -24,7 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from eimsdk.bench.manifest import ManifestItem, write_manifest
 from eimsdk.errors import EimsdkError, InputError
-from eimsdk.records import atomic_write_text
+from eimsdk.records import atomic_write_text, remove_stale_temps
+from eimsdk.settings import check_device, describe_error, make_component, parse_value, route_settings
 
 RESULT_VERSION = 2
 
@@ -85,13 +93,6 @@ def slug(text: str) -> str:
     return s or "x"
 
 
-def parse_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
 def parse_named(spec: str, what: str) -> tuple[str, dict[str, Any]]:
     """``name`` or ``name:key=value,key=value`` -> (name, settings), values parsed as JSON when possible."""
     name, _, rest = spec.partition(":")
@@ -133,12 +134,101 @@ def result_path(out: Path, model: str, method: MethodSpec, item_id: str) -> Path
     return out / "items" / model_label(model) / method.slug / f"{item_id}.json"
 
 
+#: The settings that determine a unit's result; a folder holding a run with others is not reused.
+RESULT_SETTINGS = {"strengths", "reader", "reader_config", "manipulator", "manipulator_config", "dtype", "size", "seed",
+                   "numeric_tolerance", "metrics"}
+
+
 def unit_key(item: ManifestItem, model: str, method: MethodSpec, config: BenchConfig) -> str:
-    """Hash of everything that determines a unit's result (not the device, not the image flags)."""
+    """Hash of everything that determines a unit's result (not the device, not the image flags).
+
+    For an item with an image file, the hash of the file's bytes is part of it: a replaced image is a new unit.
+    """
     payload = {"v": RESULT_VERSION, "item": item.model_dump(), "model": model, "method": method.label,
-               **config.model_dump(include={"strengths", "reader", "reader_config", "manipulator", "manipulator_config",
-                                            "dtype", "size", "seed", "numeric_tolerance", "metrics"})}
+               **config.model_dump(include=RESULT_SETTINGS)}
+    if item.image is not None:
+        payload["image_sha256"] = file_digest(item.image)
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def file_digest(path: str | os.PathLike) -> str | None:
+    """SHA-256 of a file's bytes (cached by path, size and modification time); None when it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return _file_digest(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4096)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str | None:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+class OutputLock:
+    """An exclusive lock on a benchmark output folder (``OUT/.lock``), held for the run's lifetime.
+
+    The OS releases it when the holder ends, even by ``kill -9``; the file left behind then names a dead pid
+    and the next run takes it over.
+    """
+
+    def __init__(self, out: Path) -> None:
+        self.path = Path(out) / ".lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> "OutputLock":
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise InputError(f"--out {str(self.path.parent)!r} is in use by another eimsdk bench run (pid {holder}); "
+                             "wait for it to finish or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "OutputLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def check_stored_config(out: Path, config: BenchConfig) -> None:
+    """Refuse a folder whose ``config.json`` holds other result-determining settings than ``config``."""
+    stored_path = out / "config.json"
+    if not stored_path.is_file():
+        return
+    try:
+        stored = BenchConfig.model_validate(json.loads(stored_path.read_text()))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"--out {str(out)!r} holds an unreadable config.json ({str(exc).splitlines()[0]}); delete "
+                         "it or choose another --out") from None
+    mine, theirs = config.model_dump(include=RESULT_SETTINGS), stored.model_dump(include=RESULT_SETTINGS)
+    changed = sorted(k for k in RESULT_SETTINGS if json.dumps(mine[k], default=str) != json.dumps(theirs[k],
+                                                                                                 default=str))
+    if changed:
+        diff = "; ".join(f"{k}: {theirs[k]!r} there, {mine[k]!r} here" for k in changed)
+        raise InputError(f"--out {str(out)!r} holds a run with other settings ({diff}); continuing would overwrite "
+                         "its results: choose another --out, or delete the folder to start over")
 
 
 def read_result(path: Path) -> dict[str, Any] | None:
@@ -159,15 +249,15 @@ class Runner:
         try:
             self.config = config if isinstance(config, BenchConfig) else BenchConfig.model_validate(config)
         except ValidationError as exc:
-            raise InputError(f"benchmark configuration is invalid: {exc}") from None
+            raise InputError(describe_error(exc, BenchConfig, "benchmark")) from None
         self.items = list(items)
         if not self.items:
             raise InputError("the manifest has no items")
         self.out = Path(out)
         self.pm = plugin_manager or get_plugin_manager()
         self.progress = progress
-        fields = list(self.pm.load("manipulator", self.config.manipulator).Config.model_fields)
-        self.methods = [parse_method(m, fields) for m in self.config.methods]
+        manipulator_cls = self.pm.load("manipulator", self.config.manipulator)
+        self.methods = [self._route(parse_method(m), manipulator_cls) for m in self.config.methods]
         for what, names in (("methods", [m.slug for m in self.methods]),
                             ("models", [model_label(m) for m in self.config.models])):
             if len(set(names)) != len(names):
@@ -176,12 +266,22 @@ class Runner:
             self._build("finder", m.finder, m.finder_config, f"method {m.label!r}")
             self._build("manipulator", self.config.manipulator,
                         {**self.config.manipulator_config, **m.manipulator_config}, f"method {m.label!r}")
+        check_device(self.config.device, "--device")
         self.reader = self._reader()
+        for item in self.items:
+            item.check_source()
         self.rank, self.world_size, self.local_rank = dist_env()
         self.metrics = [self._build("metric", *parse_named(spec, "metric"), f"metric {spec!r}")
                         for spec in self.config.metrics]
 
     # ---------------------------------------------------------------------------------------------- setup
+    def _route(self, method: MethodSpec, manipulator_cls: type) -> MethodSpec:
+        """The method's overrides sent by field name to its finder or the manipulator (eimsdk.settings)."""
+        finder_config, manipulator_config = route_settings(
+            method.finder_config, self.pm.load("finder", method.finder), manipulator_cls, finder=method.finder,
+            manipulator=self.config.manipulator)
+        return MethodSpec(method.label, method.finder, finder_config, manipulator_config)
+
     def _build(self, kind: str, name: str, settings: dict[str, Any], what: str):
         """The ``kind`` component ``name`` built with ``settings`` (and this rank's ``device`` when it takes one)."""
         import inspect
@@ -189,16 +289,17 @@ class Runner:
         cls = self.pm.load(kind, name)
         if kind == "metric" and "device" in inspect.signature(cls).parameters:
             settings = {"device": self._device(), **settings}
-        try:
-            return cls(**settings)
-        except (TypeError, ValidationError) as exc:
-            raise InputError(f"{what}: invalid {kind} settings: {exc}") from None
+        return make_component(cls, settings, f"{what}: {kind}")
 
     def _reader(self):
         reader = self.pm.load("reader", self.config.reader)(**self.config.reader_config)
         for item in self.items:
-            for name in item.expected:
+            for name, value in item.expected.items():
                 reader.check(name)
+                classes = reader.attributes.get(name)
+                if classes is not None and value not in classes:
+                    raise InputError(f"item {item.id!r}: expected {name}={value!r} is not a class reader "
+                                     f"{self.config.reader!r} knows; it reads {name} as one of {classes}")
         return reader
 
     def _device(self) -> str:
@@ -228,9 +329,16 @@ class Runner:
 
     def run(self) -> dict[str, Any] | None:
         """Run this rank's units; on rank 0, wait for all ranks, merge and report. Returns the summary on rank 0."""
-        if self.rank == 0:
+        if self.rank != 0:
+            return self._run()
+        with OutputLock(self.out):
+            check_stored_config(self.out, self.config)
+            remove_stale_temps(self.out)
             write_manifest(self.items, self.out / "manifest.jsonl")
             atomic_write_text(self.out / "config.json", json.dumps(self.config.model_dump(), indent=2, default=str))
+            return self._run()
+
+    def _run(self) -> dict[str, Any] | None:
         todo, done = self.pending()
         bar = None
         if self.progress:
