@@ -228,4 +228,27 @@ def check_prompts(prompts: str | Sequence[str], batch: int | None, encoder: Any 
             if n > limit:
                 warnings.warn(f"{name}[{i}] has {n} tokens, more than this model's limit of {limit}; the text "
                               f"beyond it is ignored. Shorten the prompt to keep every word.", stacklevel=3)
+    if encoder is not None:
+        for i, p in enumerate(prompts):
+            unknown = unknown_words(encoder, p)
+            if unknown:
+                warnings.warn(f"{name}[{i}] has words not in this model's vocabulary ({', '.join(map(repr, unknown))}"
+                              "); the model reads them as an unknown token, so they do not steer the edit",
+                              stacklevel=3)
     return prompts
+
+
+def unknown_words(encoder: Any, prompt: str) -> list[str]:
+    """Words of ``prompt`` that one of the encoder's tokenizers (``tokenizer``, ``tokenizer_2``, ...) maps to its
+    unknown token, in either their written or their lower-case form."""
+    words = []
+    for attr in ("tokenizer", "tokenizer_2", "tokenizer_3"):
+        tokenizer = getattr(encoder, attr, None)
+        unk = getattr(tokenizer, "unk_token_id", None)
+        if tokenizer is None or unk is None:
+            continue
+        for word in prompt.split():
+            if word not in words and all(unk in tokenizer(form, add_special_tokens=False).input_ids
+                                         for form in (word, word.lower())):
+                words.append(word)
+    return words
