@@ -136,9 +136,11 @@ def fit_area(size_hw: tuple[int, int], default_size: tuple[int, int], multiple: 
     area = default_size[0] * default_size[1]
     exact_h, exact_w = math.sqrt(area * h / w), math.sqrt(area * w / h)
     out_h, out_w = model_size((exact_h, exact_w), multiple)
-    if out_h * out_w > area:  # rounding up on both sides would grow the token count
-        out_h = max(multiple, int(exact_h // multiple) * multiple)
-        out_w = max(multiple, int(area / out_h // multiple) * multiple)
+    if out_h * out_w > area:  # rounding (or the one-multiple minimum) grew the area: shorten the longer side
+        if out_h >= out_w:
+            out_h = max(multiple, area // out_w // multiple * multiple)
+        else:
+            out_w = max(multiple, area // out_h // multiple * multiple)
     return out_h, out_w
 
 
