@@ -59,8 +59,9 @@ def resolve_model(path: str, pm: PluginManager) -> str:
     if not Path(path).exists() and path in pm.components["model"]:
         return str(pm.load("model", path)())
     if not Path(path).exists() and "/" not in path:
-        raise BackendNotFoundError(f"model {path!r} is not a folder, a hub id (owner/name) or an installed model name "
-                                   f"(installed: {', '.join(pm.names('model')) or 'none'}). {pm.blocked_hint()}".strip())
+        installed = ", ".join(pm.names("model")) or "none"
+        raise BackendNotFoundError(f"model {path!r} is not a folder, a hub id (owner/name) or an installed model "
+                                   f"name (installed: {installed}). {pm.blocked_hint()}".strip())
     return path
 
 

@@ -157,7 +157,11 @@ class PluginManager:
     def load_entry_points(self, group: str = ENTRY_POINT_GROUP) -> None:
         allow, block = _env_list("EIMSDK_PLUGINS_ALLOW"), _env_list("EIMSDK_PLUGINS_BLOCK") or set()
         seen: set[str] = set()
-        entry_points = sorted(metadata.entry_points(group=group), key=lambda e: (not _is_builtin(e), e.name))
+        found, unreadable = _entry_points(group)
+        for info in unreadable:
+            self.plugins[info.name] = info
+            self._fail(info, info.error or "", PluginError(info.error))
+        entry_points = sorted(found, key=lambda e: (not _is_builtin(e), e.name))
         for var, names in (("EIMSDK_PLUGINS_ALLOW", allow or set()), ("EIMSDK_PLUGINS_BLOCK", block)):
             unknown = sorted(names - {ep.name for ep in entry_points})
             if unknown:
@@ -294,6 +298,23 @@ class PluginManager:
 
     def report(self) -> list[dict[str, Any]]:
         return [info.as_dict() for _, info in sorted(self.plugins.items())]
+
+
+def _entry_points(group: str) -> tuple[list[metadata.EntryPoint], list[PluginInfo]]:
+    """The ``group`` entry points of every installed distribution, and, as failed plugins, the distributions that
+    declare the group in an ``entry_points.txt`` that cannot be parsed (one of them must not hide the others)."""
+    found, unreadable = [], []
+    for dist in metadata.distributions():
+        try:
+            found.extend(dist.entry_points.select(group=group))
+        except Exception as exc:  # noqa: BLE001 - malformed metadata of one distribution
+            text = dist.read_text("entry_points.txt") or ""
+            if f"[{group}]" in text:
+                name = dist.metadata["Name"] or "unknown"
+                unreadable.append(PluginInfo(name=name, module="?", distribution=name, version=dist.version,
+                                             error=f"entry_points.txt of distribution {name!r} cannot be parsed: "
+                                                   f"{type(exc).__name__}: {exc}"))
+    return found, unreadable
 
 
 def _is_builtin(ep: metadata.EntryPoint) -> bool:

@@ -20,7 +20,7 @@ from eimsdk.errors import InputError
 from eimsdk.images import check_prompts
 from eimsdk.settings import MAX_SEED, check_strength, parse_strengths
 
-SUITE = settings(max_examples=40, deadline=None, database=None,
+SUITE = settings(max_examples=40, deadline=None, database=None, derandomize=True,
                  suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 FINDER_KEYS = ["lam", "mu", "gn_steps", "cg_iters", "cg_tol", "t_min", "t_max", "num_timesteps", "weighting",
                "curvature", "seed"]

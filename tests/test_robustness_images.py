@@ -1,4 +1,4 @@
-"""Robustness: generated images (modes, sizes, formats) and corrupt bytes. A result is correct or refused in one line."""
+"""Robustness: generated images (modes, sizes, formats) and corrupt bytes; each is read correctly or refused."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ from eimsdk.errors import InputError
 from eimsdk.images import load_image, to_model_tensor
 
 MODES = ["1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I;16", "I", "F"]
-FORMATS = {"PNG": ["1", "L", "LA", "P", "RGB", "RGBA", "I;16", "I"], "JPEG": ["L", "RGB", "CMYK"],
+FORMATS = {"PNG": ["1", "L", "LA", "P", "RGB", "RGBA", "I;16"], "JPEG": ["L", "RGB", "CMYK"],
            "WEBP": ["RGB", "RGBA"], "BMP": ["1", "L", "P", "RGB"], "TIFF": MODES, "GIF": ["L", "P"]}
 DEFAULT, MULTIPLE = (32, 32), 4
-SUITE = settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                        HealthCheck.too_slow])
+SUITE = settings(max_examples=60, deadline=None, database=None, derandomize=True,
+                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
 @st.composite

@@ -11,13 +11,14 @@ import textwrap
 import uuid
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from eimsdk.errors import PluginError
 from eimsdk.plugins import NAME_RE, PluginManager
 
-SUITE = settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+SUITE = settings(max_examples=40, deadline=None, database=None, derandomize=True,
+                 suppress_health_check=[HealthCheck.too_slow])
 BUILTIN_FINDERS = {"hsds", "text", "dds", "sds", "swap"}
 
 names = st.one_of(st.from_regex(r"[a-z][a-z0-9_.\-]{0,10}", fullmatch=True),
@@ -29,6 +30,7 @@ targets = st.sampled_from(["eimsdk.methods.baselines:TextOnlyFinder", "json:load
 
 
 @SUITE
+@example(entry="0\x1e0", component="hsds", target="json:loads", hook_raises=False, import_raises=False)
 @given(entry=names, component=names, target=targets, hook_raises=rarely, import_raises=rarely)
 def test_a_third_party_plugin_fails_alone(entry, component, target, hook_raises, import_raises):
     module = f"fuzz_plugin_{uuid.uuid4().hex}"
