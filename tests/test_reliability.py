@@ -408,3 +408,14 @@ def test_thread_policy():
 
 def test_suite_runs_with_one_thread():
     assert torch.get_num_threads() == 1
+
+
+@pytest.mark.parametrize("argv", [["demo", "--out", "{file}"], ["bench", "toy", "--out", "{file}"],
+                                  ["bench", "--report-only", "--out", "{run}"]])
+def test_bench_and_demo_folders_are_checked(tmp_path, capsys, argv):
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text('{"models": []}')  # a config that no longer validates
+    argv = [a.format(file=tmp_path / "a_file", run=tmp_path / "run") for a in argv]
+    code, _, err = cli(capsys, *argv)
+    assert code == 2 and "--out" in err and len(err.strip().splitlines()) == 1

@@ -65,8 +65,12 @@ def run_bench(args: argparse.Namespace) -> int:
         from eimsdk.bench.runner import OutputLock
 
         given = {"models": args.models, "methods": args.methods}  # strengths are part of each unit's key
-        stored = json.loads((out / "config.json").read_text())
-        config = BenchConfig.model_validate({**stored, **{k: v for k, v in given.items() if v is not None}})
+        try:
+            stored = json.loads((out / "config.json").read_text())
+            config = BenchConfig.model_validate({**stored, **{k: v for k, v in given.items() if v is not None}})
+        except (ValueError, TypeError) as exc:  # pydantic's ValidationError is a ValueError
+            raise InputError(f"--out {str(out)!r}: config.json cannot be used ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0]}); run the benchmark there again") from None
         with OutputLock(out):
             results = collect_results(out, load_manifest(out / "manifest.jsonl"), config)
             internal = json.loads((out / "internal.json").read_text()) if (out / "internal.json").is_file() else None

@@ -29,13 +29,14 @@ def run_demo(out: str | Path = "eimsdk-demo", family: str = "pixart", seed: int 
              source: str = "red", target: str = "blue") -> int:
     """Run the demo; returns a process exit code (0)."""
     from eimsdk import Editor
+    from eimsdk.outputs import check_output_dir
     from eimsdk.records import atomic_write_text, save_image
     from eimsdk_toy import make_scene
     from eimsdk_toy.readers import ToyReader
     from eimsdk_toy.scenes import caption
 
     t0 = time.perf_counter()
-    out = Path(out)
+    out = check_output_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     editor = Editor.from_pretrained(f"toy-{family}")
     scene = make_scene(seed, colour=source)
