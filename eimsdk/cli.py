@@ -123,7 +123,11 @@ def _add_plugin_commands(sub: Any) -> None:
     from eimsdk.errors import PluginError
     from eimsdk.plugins import get_plugin_manager
 
-    for comp in get_plugin_manager().list("command"):
+    try:
+        commands = get_plugin_manager().list("command")
+    except PluginError:  # strict mode and a broken plugin: the command that runs reports it, in one line
+        return
+    for comp in commands:
         try:
             if comp.name in sub.choices:
                 raise PluginError(f"plugin {comp.plugin!r} registers it, but the name is taken")

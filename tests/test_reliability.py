@@ -288,16 +288,17 @@ def test_direction_without_action_exits_2(capsys):
     assert code == 2 and "find, apply or sweep" in err
 
 
-def test_manifest_with_unknown_class_is_refused_at_load(tmp_path):
+def test_manifest_with_unknown_class_or_missing_image_is_refused_at_load(tmp_path):
     from eimsdk.bench.manifest import parse_items
     from eimsdk.bench.runner import Runner
 
-    row = {"id": "x", "scene": {"shape": "hexagon"}, "source_prompt": "a", "attribute": "shape",
-           "target_prompts": ["b"]}
-    with pytest.raises(InputError, match="hexagon"):
-        Runner(parse_items([row]), {"models": ["toy-pixart"], "methods": ["text"]}, tmp_path / "out", progress=False)
-    row = {**row, "scene": {"shape": "circle"}, "expected": {"shape": "hexagon"}}
+    image = photo(tmp_path / "src.png", 32, 32)
+    row = {"id": "x", "image": str(image), "source_prompt": "a red circle", "attribute": "shape",
+           "target_prompts": ["a red hexagon"], "expected": {"shape": "hexagon"}}
     with pytest.raises(InputError, match="expected shape='hexagon'"):
+        Runner(parse_items([row]), {"models": ["toy-pixart"], "methods": ["text"]}, tmp_path / "out", progress=False)
+    row = {**row, "image": str(tmp_path / "gone.png"), "expected": {"shape": "square"}}
+    with pytest.raises(InputError, match="gone.png"):
         Runner(parse_items([row]), {"models": ["toy-pixart"], "methods": ["text"]}, tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from test_bench_world import clean_items, fake_model, plugin_env, plugin_manager, strip_timing
 
+from eimsdk.bench.manifest import write_manifest
 from eimsdk.bench.runner import BenchConfig, Runner
 from eimsdk.errors import InputError
 from eimsdk.records import TEMP_FILE_PATTERN
@@ -20,8 +21,8 @@ from eimsdk.records import TEMP_FILE_PATTERN
 SLOW_RUN = """
 import sys, time
 from eimsdk.bench import runner as runner_mod
+from eimsdk.bench.manifest import load_manifest
 from eimsdk.bench.runner import BenchConfig, Runner
-from test_bench_world import clean_items
 
 real = runner_mod.Runner._run_unit
 
@@ -31,7 +32,8 @@ def slow(self, *args, **kwargs):
 
 runner_mod.Runner._run_unit = slow
 config = BenchConfig(models=[sys.argv[2]], methods=["fake-oracle"], strengths=[1.0], manipulator="fake-add")
-Runner(clean_items(2), config, sys.argv[1], progress=False).run()  # plugins found through the entry point
+items = load_manifest(sys.argv[3])  # the parent's items: the same source files, so the same unit keys
+Runner(items, config, sys.argv[1], progress=False).run()  # plugins found through the entry point
 """
 
 
@@ -45,8 +47,10 @@ def _config(model: str) -> BenchConfig:
 
 
 def _start(tmp_path: Path, out: Path, model: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", SLOW_RUN, str(out), model], env=plugin_env(tmp_path / "env"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    manifest = write_manifest(clean_items(2), tmp_path / "manifest.jsonl")
+    return subprocess.Popen([sys.executable, "-c", SLOW_RUN, str(out), model, str(manifest)],
+                            env=plugin_env(tmp_path / "env"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
 
 
 def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 90.0) -> None:

@@ -289,7 +289,7 @@ class Runner:
         cls = self.pm.load(kind, name)
         if kind == "metric" and "device" in inspect.signature(cls).parameters:
             settings = {"device": self._device(), **settings}
-        return make_component(cls, settings, f"{what}: {kind}")
+        return make_component(cls, settings, f"{what}: invalid {kind}")
 
     def _reader(self):
         reader = self.pm.load("reader", self.config.reader)(**self.config.reader_config)
