@@ -48,8 +48,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 def _edit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", required=True, help="source image file")
     p.add_argument("--prompt", required=True, help="prompt that describes the source image")
-    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="model input size (default: image size "
-                   "rounded to the model's multiple)")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="model input size (default: the model's own "
+                   "size, the image's aspect ratio kept; a larger size costs memory with its square)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -298,6 +298,13 @@ def cmd_direction(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; warnings, from plugin discovery on, print as one line each (``eimsdk: warning: ...``)."""
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _run(argv)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
@@ -312,20 +319,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "bench": run_bench}
     from eimsdk.errors import EimsdkError
 
-    with warnings.catch_warnings():
-        warnings.showwarning = _show_warning
-        try:
-            if args.command not in LISTING_COMMANDS:
-                from eimsdk.threads import apply_num_threads
+    try:
+        if args.command not in LISTING_COMMANDS:
+            from eimsdk.threads import apply_num_threads
 
-                apply_num_threads()
-            return int((handlers.get(args.command) or args.handler)(args) or 0)
-        except EimsdkError as exc:
-            print(f"eimsdk: error: {exc}", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:
-            print("eimsdk: interrupted", file=sys.stderr)
-            return 130
+            apply_num_threads()
+        return int((handlers.get(args.command) or args.handler)(args) or 0)
+    except EimsdkError as exc:
+        print(f"eimsdk: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("eimsdk: interrupted", file=sys.stderr)
+        return 130
 
 
 def _show_warning(message: Warning | str, category: type, *args: Any, **kwargs: Any) -> None:

@@ -191,6 +191,7 @@ def test_third_party_plugin_cannot_take_a_builtin_name(tmp_path):
 def test_odd_plugin_environment_gets_a_clear_message(env, says):
     out = _plugins(**env)
     assert out.returncode == 0 and says in out.stderr
+    assert out.stderr.startswith("eimsdk: warning: ") and len(out.stderr.strip().splitlines()) == 1
     report = {r["name"]: r["status"] for r in json.loads(out.stdout)}
     assert report["core"] == "ok"  # an empty ALLOW no longer blocks everything
 

@@ -32,7 +32,8 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--manip-set", action="append", metavar="KEY=VALUE", help="manipulator setting for every method")
     p.add_argument("--device", default="cpu", help="cpu or cuda (each process takes cuda:LOCAL_RANK)")
     p.add_argument("--dtype", default="float32")
-    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="model input size (default: each item's)")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="model input size (default: each item's size, "
+                   "else the model's own with the image's aspect ratio)")
     p.add_argument("--seed", type=int, default=0, help="added to every item's id-derived seed")
     p.add_argument("--limit", type=int, help="only the first N items")
     p.add_argument("--internal", type=int, default=0, metavar="N",
