@@ -184,8 +184,10 @@ class OutputLock:
         self._fd: int | None = None
 
     def acquire(self) -> "OutputLock":
-        import fcntl
-
+        try:
+            import fcntl
+        except ImportError:  # not POSIX (Windows): folders are not locked there
+            return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
