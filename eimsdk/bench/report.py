@@ -35,9 +35,32 @@ def _edit_at(rec: dict[str, Any], strength: float) -> dict[str, Any] | None:
     return next((e for e in rec.get("edits", []) if e["strength"] == strength), None)
 
 
+def attribute_kinds(manifest: Path) -> dict[str, str]:
+    """Attribute -> kind (e.g. coarse / fine / unnamed) from the items' ``meta["kinds"]``; empty when none say."""
+    kinds: dict[str, str] = {}
+    if manifest.is_file():
+        for line in manifest.read_text().splitlines():
+            kinds.update(json.loads(line).get("meta", {}).get("kinds", {}) if line.strip() else {})
+    return kinds
+
+
+def by_kind(recs: list[dict[str, Any]], strength: float, kinds: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Per attribute kind: success of the edits along attributes of that kind, and the share of all edits that
+    keep every other attribute of that kind as the source reads it."""
+    out = {}
+    edits = [(r, _edit_at(r, strength) or {}) for r in recs]
+    for kind in dict.fromkeys(kinds.values()):
+        kept = [all(v for a, v in e.get("preserved", {}).items() if kinds.get(a) == kind) for _, e in edits]
+        out[kind] = {"success": _mean([e.get("success") for r, e in edits if kinds.get(r["attribute"]) == kind]),
+                     "kept": _mean(kept)}
+    return out
+
+
 def summarize(results: list[dict[str, Any]], strengths: Sequence[float],
-              internal: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The summary of every (model, method): rates and means per strength, per-attribute rates, disentanglement."""
+              internal: dict[str, dict[str, Any]] | None = None, kinds: dict[str, str] | None = None
+              ) -> dict[str, Any]:
+    """The summary of every (model, method): rates and means per strength, per-attribute rates, disentanglement;
+    with ``kinds`` (attribute -> kind), rates per attribute kind too."""
     from eimsdk.bench.runner import model_label
     from eimsdk.metrics.disentanglement import dci_disentanglement, matrix_from_changes
 
@@ -91,6 +114,8 @@ def summarize(results: list[dict[str, Any]], strengths: Sequence[float],
                 entry["disentanglement"] = dci_disentanglement(matrix_from_changes(changes, rows, cols)).as_dict()
             if internal and method in internal.get(model, {}):
                 entry["internal"] = internal[model][method]
+            if kinds:
+                entry["by_kind"] = by_kind(recs, ref, kinds)
             table[model][method] = entry
     return {"reference_strength": ref, "strengths": list(strengths), "models": models, "methods": methods,
             "attributes": attributes, "metrics": metric_keys, "items": len({r["id"] for r in results}),
@@ -169,6 +194,16 @@ def markdown(summary: dict[str, Any], config: Any, plots: list[str]) -> str:
             cells = [f"{_fmt(e['by_attribute'].get(a, {}).get('success'))} / "
                      f"{_fmt(e['by_attribute'].get(a, {}).get('preserved'))}" for a in attrs]
             lines.append(f"| {model} | {method} | " + " | ".join(cells) + " |")
+    kinds = list(dict.fromkeys(k for methods in summary["table"].values() for e in methods.values()
+                               for k in e.get("by_kind", {})))
+    if kinds:
+        lines += ["", f"## Per attribute kind: success of edits along it / share of edits keeping it (strength {ref})",
+                  "", "| model | method | " + " | ".join(kinds) + " |", "|---|---|" + "---|" * len(kinds)]
+        for model, methods in summary["table"].items():
+            for method, e in methods.items():
+                cells = [f"{_fmt(e['by_kind'].get(k, {}).get('success'))} / {_fmt(e['by_kind'].get(k, {}).get('kept'))}"
+                         for k in kinds]
+                lines.append(f"| {model} | {method} | " + " | ".join(cells) + " |")
     if plots:
         lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
@@ -281,7 +316,7 @@ def write_report(out: str | Path, results: list[dict[str, Any]], config: Any,
     """Write ``summary.json``, ``report.md`` and ``plots/*.png`` under ``out``; return the summary."""
     out = Path(out)
     strengths = config.strengths if hasattr(config, "strengths") else config["strengths"]
-    summary = summarize(results, strengths, internal)
+    summary = summarize(results, strengths, internal, attribute_kinds(out / "manifest.jsonl"))
     plots_dir = out / "plots"
     plots = [f"plots/{plot_strength_curves(summary, plots_dir / 'strength_curves.png')}"]
     for model in summary["models"]:

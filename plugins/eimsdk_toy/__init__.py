@@ -6,6 +6,7 @@ Importing this module is cheap (no torch): scenes, readers and models load when 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,15 +27,16 @@ class ModelNotTrainedError(EimsdkError, FileNotFoundError):
     """The shipped toy weights of a family are missing (train them with ``python -m eimsdk_toy.train``)."""
 
 
-def default_model_path(family: str = "pixart") -> Path:
-    """Folder of the shipped toy model of ``family`` (a diffusers pipeline folder; no download)."""
+def default_model_path(family: str = "pixart", world: int = 1) -> Path:
+    """Folder of the shipped toy model of ``family`` in toy ``world`` 1 or 2 (a diffusers pipeline folder)."""
     if family not in FAMILIES:
         raise InputError(f"family={family!r} is not a toy family; use one of {list(FAMILIES)}")
-    folder = WEIGHTS_DIR / family
+    root, flag = (WEIGHTS_DIR, "") if world == 1 else (WEIGHTS_DIR / "toy2", "--world 2 ")
+    folder = root / family
     if not (folder / "model_index.json").is_file():
         raise ModelNotTrainedError(
             f"the toy {family} model is not in {folder}; train it with "
-            f"`python -m eimsdk_toy.train --family {family} --out {WEIGHTS_DIR}` (add --device cuda on a GPU)")
+            f"`python -m eimsdk_toy.train {flag}--family {family} --out {root}` (add --device cuda on a GPU)")
     return folder
 
 
@@ -51,6 +53,12 @@ def flux_model_path() -> Path:
 def unet_model_path() -> Path:
     """Folder of the shipped toy UNet (a ``StableDiffusionPipeline``)."""
     return default_model_path("unet")
+
+
+toy2_pixart_path = partial(default_model_path, "pixart", 2)
+toy2_sd3_path = partial(default_model_path, "sd3", 2)
+toy2_flux_path = partial(default_model_path, "flux", 2)
+toy2_unet_path = partial(default_model_path, "unet", 2)
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,8 @@ def make_scene(seed: int, size: int = 32, **attrs: Any) -> Scene:
 @eimsdk.hookimpl
 def register_readers(register):
     register("toy", "eimsdk_toy.readers:ToyReader", description="exact readers of the toy scenes' attributes")
+    register("toy2", "eimsdk_toy.readers2:Toy2Reader",
+             description="exact readers of toy world 2: named attributes and unnamed content ('none' if absent)")
 
 
 @eimsdk.hookimpl
@@ -89,12 +99,18 @@ def register_models(register):
     register("toy-flux", "eimsdk_toy:flux_model_path", description="toy FLUX.1 (schnell-like) trained on scenes")
     if (WEIGHTS_DIR / "unet" / "model_index.json").is_file():  # the name exists once trained weights ship
         register("toy-unet", "eimsdk_toy:unet_model_path", description="toy Stable Diffusion UNet trained on scenes")
+    register("toy2-pixart", "eimsdk_toy:toy2_pixart_path", description="toy PixArt-alpha trained on world 2")
+    register("toy2-sd3", "eimsdk_toy:toy2_sd3_path", description="toy Stable Diffusion 3 trained on world 2")
+    register("toy2-flux", "eimsdk_toy:toy2_flux_path", description="toy FLUX.1 (schnell-like) trained on world 2")
+    register("toy2-unet", "eimsdk_toy:toy2_unet_path", description="toy Stable Diffusion UNet trained on world 2")
 
 
 @eimsdk.hookimpl
 def register_manifests(register):
     register("toy", "eimsdk_toy.bench:toy_manifest_source",
              description="toy[:SCENES[:SEED]]: seeded toy scenes, each edited along every attribute")
+    register("toy2", "eimsdk_toy.bench2:toy2_manifest_source",
+             description="toy2[:SCENES[:SEED]]: world-2 scenes, each edited along every named attribute")
 
 
 @eimsdk.hookimpl
