@@ -4,7 +4,9 @@ Usage::
 
     python -m eimsdk_toy.evaluate --model DIR [--n 256] [--steps 20] [--guidance 4.0] [--json OUT.json]
 
-Three numbers per model (targets from the toy-world issue):
+Three numbers per model (targets from the toy-world issue); a world-2 model (its ``training.json`` says so, or
+``--world 2``) is read by the world-2 reader, scored on the attributes its captions name, and its samples' unnamed
+content is compared with the training scenes' (total variation distance per unnamed attribute):
 
 - **sampling**: captions of seeded random scenes -> the diffusers pipeline -> readers; the share of samples
   whose every attribute matches the caption (target >= 80%) and each attribute alone (target >= 90%);
@@ -25,8 +27,7 @@ import torch
 
 from eimsdk.errors import InputError
 from eimsdk_toy.models import PIPELINES, sample_kwargs
-from eimsdk_toy.readers import ToyReader
-from eimsdk_toy.scenes import ATTRIBUTES, SceneSpec, caption, random_spec, render
+from eimsdk_toy.worlds import get_world
 
 EVAL_SEED = 10_000  # scenes for evaluation come from seeds the training pool never draws from
 
@@ -44,20 +45,41 @@ def family_of(model: str | Path) -> str:
     raise InputError(f"model={str(model)!r} is a {name}, not a toy pipeline ({sorted(PIPELINES.values())})")
 
 
-def eval_specs(n: int, seed: int = EVAL_SEED) -> list[SceneSpec]:
+def world_of(model: str | Path) -> int:
+    """The toy world a model folder was trained on, from its ``training.json`` (1 when it does not say)."""
+    summary = Path(model) / "training.json"
+    return int(json.loads(summary.read_text())["config"].get("world", 1)) if summary.is_file() else 1
+
+
+def eval_specs(n: int, seed: int = EVAL_SEED, world: int = 1) -> list[Any]:
     rng = np.random.default_rng(seed)
-    return [random_spec(rng) for _ in range(n)]
+    return [get_world(world).random_spec(rng) for _ in range(n)]
 
 
-def score(specs: Sequence[SceneSpec], readings: Sequence[dict[str, str]]) -> dict[str, Any]:
-    """Per-attribute accuracy, all-attributes accuracy, and the count."""
-    per = {name: float(np.mean([r[name] == getattr(s, name) for s, r in zip(specs, readings)])) for name in ATTRIBUTES}
-    every = float(np.mean([all(r[name] == getattr(s, name) for name in ATTRIBUTES) for s, r in zip(specs, readings)]))
+def score(specs: Sequence[Any], readings: Sequence[dict[str, str]], names: Sequence[str] | None = None
+          ) -> dict[str, Any]:
+    """Per-attribute accuracy, all-attributes accuracy, and the count (``names``: default every attribute)."""
+    names = list(names or specs[0].attributes())
+    per = {name: float(np.mean([r[name] == getattr(s, name) for s, r in zip(specs, readings)])) for name in names}
+    every = float(np.mean([all(r[name] == getattr(s, name) for name in names) for s, r in zip(specs, readings)]))
     return {"n": len(specs), "all": every, "attributes": per}
 
 
-def _pixels(specs: Sequence[SceneSpec]) -> torch.Tensor:
-    arr = np.stack([np.asarray(render(s), dtype=np.float32) for s in specs])  # (B, H, W, 3)
+def unnamed_statistics(sampled: Sequence[dict[str, str]], training: Sequence[dict[str, str]],
+                       names: Sequence[str]) -> dict[str, Any]:
+    """Per unnamed attribute: class frequencies of the samples and of training scenes, and their total variation
+    distance (0 = the model draws the unnamed content as the training data does)."""
+    out = {}
+    for name in names:
+        classes = sorted({r[name] for r in sampled} | {r[name] for r in training})
+        freq = [{c: float(np.mean([r[name] == c for r in rows])) for c in classes} for rows in (sampled, training)]
+        out[name] = {"samples": freq[0], "training": freq[1],
+                     "tv": round(0.5 * sum(abs(freq[0][c] - freq[1][c]) for c in classes), 4)}
+    return out
+
+
+def _pixels(specs: Sequence[Any], world: int = 1) -> torch.Tensor:
+    arr = np.stack([np.asarray(get_world(world).render(s), dtype=np.float32) for s in specs])  # (B, H, W, 3)
     return torch.from_numpy(arr / 127.5 - 1.0).permute(0, 3, 1, 2).contiguous()
 
 
@@ -72,9 +94,9 @@ def load_pipeline(model: str | Path, device: str = "cpu"):
 
 @torch.no_grad()
 def sample_images(pipe, family: str, prompts: Sequence[str], *, steps: int, guidance: float, seed: int,
-                  device: str = "cpu") -> torch.Tensor:
-    """The pipeline's own text-to-image; (B, 3, 32, 32) in [-1, 1]. Flux gets true CFG with the empty prompt."""
-    kw = sample_kwargs(family)
+                  device: str = "cpu", image_size: int = 32) -> torch.Tensor:
+    """The pipeline's own text-to-image; (B, 3, S, S) in [-1, 1]. Flux gets true CFG with the empty prompt."""
+    kw = sample_kwargs(family, image_size)
     gen = torch.Generator(device).manual_seed(seed)
     if family == "flux":
         kw.update(true_cfg_scale=guidance, negative_prompt=[""] * len(prompts))
@@ -85,41 +107,50 @@ def sample_images(pipe, family: str, prompts: Sequence[str], *, steps: int, guid
 
 
 def evaluate_sampling(pipe, family: str, n: int, *, steps: int = 20, guidance: float = 4.0, batch: int = 32,
-                      seed: int = EVAL_SEED, device: str = "cpu") -> dict[str, Any]:
-    specs = eval_specs(n, seed)
-    reader = ToyReader()
+                      seed: int = EVAL_SEED, device: str = "cpu", world: int = 1) -> dict[str, Any]:
+    """Captions -> samples -> readers, scored on the named attributes; world 2 adds ``unnamed`` statistics."""
+    toy = get_world(world)
+    specs = eval_specs(n, seed, world)
+    reader = toy.reader()
     readings: list[dict[str, str]] = []
     for i in range(0, n, batch):
         chunk = specs[i:i + batch]
-        images = sample_images(pipe, family, [caption(s) for s in chunk], steps=steps, guidance=guidance,
-                               seed=seed + i, device=device)
+        images = sample_images(pipe, family, [toy.caption(s) for s in chunk], steps=steps, guidance=guidance,
+                               seed=seed + i, device=device, image_size=toy.image_size)
         readings += reader.read(images)
-    return {**score(specs, readings), "steps": steps, "guidance": guidance}
+    report = {**score(specs, readings, toy.named), "steps": steps, "guidance": guidance}
+    if toy.unnamed:  # the training pool's own scenes (train.py draws them from seed + 1), read the same way
+        training = reader.read([toy.render(s) for s in eval_specs(n, 1, world)])
+        report["unnamed"] = unnamed_statistics(readings, training, toy.unnamed)
+    return report
 
 
 @torch.no_grad()
-def evaluate_vae(pipe, family: str, n: int, *, seed: int = EVAL_SEED + 1, device: str = "cpu") -> dict[str, Any]:
-    specs = eval_specs(n, seed)
+def evaluate_vae(pipe, family: str, n: int, *, seed: int = EVAL_SEED + 1, device: str = "cpu", world: int = 1
+                 ) -> dict[str, Any]:
+    specs = eval_specs(n, seed, world)
     vae = pipe.vae
-    x = _pixels(specs).to(device)
+    x = _pixels(specs, world).to(device)
     rec = torch.cat([vae.decode(vae.encode(c).latent_dist.mode()).sample for c in x.split(64)]).clamp(-1, 1)
-    return score(specs, ToyReader().read(rec.cpu()))
+    return score(specs, get_world(world).reader().read(rec.cpu()))
 
 
 def evaluate_inversion(model: str | Path, n: int, *, steps: int = 50, batch: int = 32, seed: int = EVAL_SEED + 2,
-                       device: str = "cpu") -> dict[str, Any]:
-    """Round trip through the family's eimsdk backend: encode, invert to t=1, sample back, decode, read."""
+                       device: str = "cpu", world: int = 1) -> dict[str, Any]:
+    """Round trip through the family's eimsdk backend: encode, invert to t=1, sample back, decode, read (every
+    attribute, unnamed content included)."""
     from eimsdk.editor import Editor
 
+    toy = get_world(world)
     encoder = Editor.from_pretrained(str(model), device=device).encoder
-    specs = eval_specs(n, seed)
-    reader = ToyReader()
+    specs = eval_specs(n, seed, world)
+    reader = toy.reader()
     readings: list[dict[str, str]] = []
     for i in range(0, n, batch):
         chunk = specs[i:i + batch]
         with torch.no_grad():
-            z0 = encoder.encode_images(_pixels(chunk).to(encoder.device, encoder.dtype))
-            cond = encoder.encode_prompts([caption(s) for s in chunk])
+            z0 = encoder.encode_images(_pixels(chunk, world).to(encoder.device, encoder.dtype))
+            cond = encoder.encode_prompts([toy.caption(s) for s in chunk])
             z_t = encoder.invert(z0, cond, 1.0, steps)
             images = encoder.decode_latents(encoder.sample(z_t, cond, 1.0, steps))
         readings += reader.read(images.float().cpu().clamp(-1, 1))
@@ -127,32 +158,41 @@ def evaluate_inversion(model: str | Path, n: int, *, steps: int = 50, batch: int
 
 
 def evaluate(model: str | Path, *, n: int = 256, steps: int = 20, guidance: float = 4.0, inversion_n: int = 64,
-             inversion_steps: int = 50, device: str = "cpu") -> dict[str, Any]:
-    """All three measurements of one model folder."""
+             inversion_steps: int = 50, device: str = "cpu", world: int | None = None) -> dict[str, Any]:
+    """All three measurements of one model folder (``world``: default from its ``training.json``)."""
+    world = world or world_of(model)
     pipe, family = load_pipeline(model, device)
-    report: dict[str, Any] = {"model": str(model), "family": family,
-                              "vae": evaluate_vae(pipe, family, n, device=device),
+    report: dict[str, Any] = {"model": str(model), "family": family, "world": world,
+                              "vae": evaluate_vae(pipe, family, n, device=device, world=world),
                               "sampling": evaluate_sampling(pipe, family, n, steps=steps, guidance=guidance,
-                                                            device=device)}
+                                                            device=device, world=world)}
     if inversion_n:
         try:
-            report["inversion"] = evaluate_inversion(model, inversion_n, steps=inversion_steps, device=device)
+            report["inversion"] = evaluate_inversion(model, inversion_n, steps=inversion_steps, device=device,
+                                                     world=world)
         except ImportError as exc:  # the family's backend plugin is not installed
             report["inversion"] = {"skipped": f"no backend: {exc}"}
     return report
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """The report as a Markdown table row per measurement."""
-    names = list(ATTRIBUTES)
+    """The report as a Markdown table row per measurement (``-`` where a measurement does not score an
+    attribute: sampling scores only the named ones), then the unnamed-content statistics of world 2."""
+    names = list(get_world(report.get("world", 1)).attributes)
     lines = [f"| {report['family']} | n | all | " + " | ".join(names) + " |",
              "|---|---|---|" + "---|" * len(names)]
     for key in ("vae", "sampling", "inversion"):
         r = report.get(key)
         if not r or "skipped" in r:
             continue
-        cells = " | ".join(f"{100 * r['attributes'][a]:.1f}%" for a in names)
+        cells = " | ".join(f"{100 * r['attributes'][a]:.1f}%" if a in r["attributes"] else "-" for a in names)
         lines.append(f"| {key} | {r['n']} | {100 * r['all']:.1f}% | {cells} |")
+    unnamed = report["sampling"].get("unnamed", {})
+    if unnamed:
+        lines += ["", "| unnamed attribute | TV(samples, training) | samples | training |", "|---|---|---|---|"]
+        for name, stats in unnamed.items():
+            cells = [", ".join(f"{c} {100 * f:.0f}%" for c, f in stats[k].items()) for k in ("samples", "training")]
+            lines.append(f"| {name} | {stats['tv']:.3f} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
 
 
@@ -165,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--inversion-n", type=int, default=64, help="scenes for the inversion round trip (0: skip)")
     p.add_argument("--inversion-steps", type=int, default=50)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--world", type=int, choices=[1, 2], default=None,
+                   help="toy world of the model (default: from its training.json)")
     p.add_argument("--json", help="also write the report to this JSON file")
     args = p.parse_args(argv)
     import diffusers
@@ -175,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.n < 1:
         raise InputError(f"--n={args.n} is invalid; pass at least 1 scene")
     report = evaluate(args.model, n=args.n, steps=args.steps, guidance=args.guidance, inversion_n=args.inversion_n,
-                      inversion_steps=args.inversion_steps, device=args.device)
+                      inversion_steps=args.inversion_steps, device=args.device, world=args.world)
     print(markdown(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")

@@ -39,16 +39,19 @@ def fp16_exact_(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-def build_vae(seed: int = 0):
-    """The shared toy VAE: 32x32 RGB <-> (4, 16, 16) latents, no quant convs (like SD3/Flux VAEs)."""
+def build_vae(seed: int = 0, image_size: int = IMAGE_SIZE, factor: int = 2, latent_channels: int = LATENT_CHANNELS):
+    """The shared toy VAE: RGB <-> latents ``factor`` times smaller (2: 32x32 -> 4x16x16; 4 adds a 128-channel
+    block), no quant convs (like SD3/Flux VAEs)."""
+    if factor not in (2, 4):
+        raise ValueError(f"factor={factor!r}: the toy VAE downsamples by 2 or 4")
+    blocks = (32, 64) if factor == 2 else (32, 64, 128)
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
     return AutoencoderKL(
-        sample_size=IMAGE_SIZE, in_channels=3, out_channels=3, latent_channels=LATENT_CHANNELS,
-        block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        sample_size=image_size, in_channels=3, out_channels=3, latent_channels=latent_channels,
+        block_out_channels=blocks, layers_per_block=1, norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D",) * len(blocks), up_block_types=("UpDecoderBlock2D",) * len(blocks),
         use_quant_conv=False, use_post_quant_conv=False,
     )
 
@@ -83,35 +86,40 @@ def build_clip(seed: int, hidden_size: int, with_projection: bool):
     return fp16_exact_(cls(config).eval()).requires_grad_(False), tok
 
 
-def build_transformer(family: str, seed: int):
-    """The family's tiny diffusion transformer (64 image tokens, width 128 = 4 heads x 32)."""
+def latent_size_of(vae) -> int:
+    """The latent side of a toy VAE: its image side over its downsampling factor."""
+    return vae.config.sample_size // 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def build_transformer(family: str, seed: int, latent_size: int = LATENT_SIZE, latent_channels: int = LATENT_CHANNELS):
+    """The family's tiny diffusion transformer (width 128 = 4 heads x 32; 64 image tokens at 16x16 latents)."""
     from diffusers import FluxTransformer2DModel, PixArtTransformer2DModel, SD3Transformer2DModel
 
     torch.manual_seed(seed)
     if family == "pixart":
         # Standard PixArt shape: out_channels = 2 x in_channels (eps + learned-variance half; the toy trains eps).
         return PixArtTransformer2DModel(
-            sample_size=LATENT_SIZE, patch_size=2, in_channels=LATENT_CHANNELS, out_channels=2 * LATENT_CHANNELS,
+            sample_size=latent_size, patch_size=2, in_channels=latent_channels, out_channels=2 * latent_channels,
             num_layers=6, attention_head_dim=32, num_attention_heads=4, cross_attention_dim=128,
             caption_channels=T5_DIM, attention_bias=True, activation_fn="gelu-approximate",
             num_embeds_ada_norm=1000, norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6,
         )
     if family == "sd3":
         return SD3Transformer2DModel(
-            sample_size=LATENT_SIZE, patch_size=2, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS,
+            sample_size=latent_size, patch_size=2, in_channels=latent_channels, out_channels=latent_channels,
             num_layers=6, attention_head_dim=32, num_attention_heads=4, joint_attention_dim=T5_DIM,
-            caption_projection_dim=128, pooled_projection_dim=64, pos_embed_max_size=LATENT_SIZE,
+            caption_projection_dim=128, pooled_projection_dim=64, pos_embed_max_size=latent_size,
         )
     if family == "flux":
         return FluxTransformer2DModel(
-            patch_size=1, in_channels=4 * LATENT_CHANNELS, num_layers=2, num_single_layers=4,
+            patch_size=1, in_channels=4 * latent_channels, num_layers=2, num_single_layers=4,
             attention_head_dim=32, num_attention_heads=4, joint_attention_dim=T5_DIM, pooled_projection_dim=64,
             axes_dims_rope=(8, 12, 12), guidance_embeds=False,
         )
     raise ValueError(f"family={family!r} is not one of {FAMILIES}")
 
 
-def build_unet(seed: int):
+def build_unet(seed: int, latent_size: int = LATENT_SIZE, latent_channels: int = LATENT_CHANNELS):
     """The toy UNet: Stable Diffusion's layout (cross-attention down/up blocks, a plain lowest level, a
     cross-attention mid block) at 16x16 latents, 32/64/128 channels, one ResNet per block: 3.17 M parameters, inside
     the toy DiTs' 1.77-3.47 M. It reads the 64-d CLIP hidden states of the toy Flux's text encoder, with no mask."""
@@ -119,7 +127,7 @@ def build_unet(seed: int):
 
     torch.manual_seed(seed)
     return UNet2DConditionModel(
-        sample_size=LATENT_SIZE, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS,
+        sample_size=latent_size, in_channels=latent_channels, out_channels=latent_channels,
         block_out_channels=(32, 64, 128), layers_per_block=1, norm_num_groups=16, attention_head_dim=4,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=64,
@@ -160,18 +168,20 @@ def vae_for(family: str, vae):
 
 
 def build_pipeline(family: str, vae, seed: int = 0, prediction_type: str = "epsilon"):
-    """An untrained pipeline of the family around the shared (trained) ``vae``; text encoders are seeded."""
+    """An untrained pipeline of the family around the shared (trained) ``vae`` (its latents set the transformer's
+    input size and channels); text encoders are seeded."""
     import diffusers
 
     if family not in FAMILIES:
         raise ValueError(f"family={family!r} is not one of {FAMILIES}")
+    latent = (latent_size_of(vae), vae.config.latent_channels)
     parts: dict[str, Any] = dict(vae=vae_for(family, vae), scheduler=build_scheduler(family, prediction_type))
     if family == "unet":
-        parts["unet"] = build_unet(seed)
+        parts["unet"] = build_unet(seed, *latent)
         parts["text_encoder"], parts["tokenizer"] = build_clip(seed + 1, 64, with_projection=False)
         parts.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     else:
-        parts["transformer"] = build_transformer(family, seed)
+        parts["transformer"] = build_transformer(family, seed, *latent)
     if family == "pixart":
         parts["text_encoder"], parts["tokenizer"] = build_t5(seed + 1)
     elif family == "sd3":
@@ -186,9 +196,9 @@ def build_pipeline(family: str, vae, seed: int = 0, prediction_type: str = "epsi
     return pipe
 
 
-def sample_kwargs(family: str) -> dict[str, Any]:
+def sample_kwargs(family: str, image_size: int = IMAGE_SIZE) -> dict[str, Any]:
     """Pipeline call arguments every toy model needs (size; PixArt has no resolution bins at this size)."""
-    kw: dict[str, Any] = {"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    kw: dict[str, Any] = {"height": image_size, "width": image_size}
     if family == "pixart":
         kw["use_resolution_binning"] = False
     return kw

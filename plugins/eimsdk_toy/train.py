@@ -5,6 +5,7 @@ Usage::
     python -m eimsdk_toy.train --family pixart --out DIR [--device cpu|cuda] [--steps N]
     python -m eimsdk_toy.train --family all --out DIR --device cuda
     python -m eimsdk_toy.train --family unet --out DIR --device cuda --max-minutes 4
+    python -m eimsdk_toy.train --world 2 --family all --out DIR --device cuda   # toy world 2 (64 px)
 
 Each family is written to ``DIR/<family>`` with its pipeline's ``save_pretrained`` (fp16), loadable with
 ``PixArtAlphaPipeline`` / ``StableDiffusion3Pipeline`` / ``FluxPipeline`` / ``StableDiffusionPipeline``
@@ -33,11 +34,10 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from eimsdk.errors import InputError
-from eimsdk_toy.models import (FAMILIES, LATENT_CHANNELS, LATENT_SIZE, build_pipeline, build_vae, denoiser_name,
-                                fp16_exact_)
-from eimsdk_toy.scenes import caption, random_spec, render
+from eimsdk_toy.models import (FAMILIES, LATENT_SIZE, build_pipeline, build_vae, denoiser_name, fp16_exact_,
+                                latent_size_of)
+from eimsdk_toy.worlds import get_world, render_many
 
-WEIGHTS_DIR = Path(__file__).parent / "weights"
 # Default (steps, batch size) per device type. CPU: each family in under two hours on a 2-core CPU; CUDA: the
 # shipped models were trained with these and ``--max-minutes 4`` (or 3.4 for Flux), three families side by side
 # on one H100 (docs/toy-world.md has the measured steps and times).
@@ -53,6 +53,7 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     family: Literal["vae", "pixart", "sd3", "flux", "unet"]
+    world: Literal[1, 2] = Field(1, description="toy world: 1 (32 px) or 2 (64 px, fine and unnamed content)")
     steps: int = Field(0, ge=0, le=1_000_000, description="optimiser steps; 0 = the default for family and device")
     batch_size: int = Field(0, ge=0, le=4096, description="0 = the default for family and device")
     lr: float = Field(5e-4, gt=0, le=0.1)
@@ -61,6 +62,8 @@ class TrainConfig(BaseModel):
     caption_dropout: float = Field(0.1, ge=0, le=1, description="share of empty captions (for guidance)")
     pool: int = Field(16384, ge=64, le=1_000_000, description="rendered scenes to train on")
     kl_weight: float = Field(1e-6, ge=0, le=1, description="VAE only")
+    vae_factor: Literal[2, 4] = Field(2, description="VAE only: image side / latent side")
+    latent_channels: int = Field(4, ge=1, le=64, description="VAE only: latent channels")
     snr_gamma: float = Field(5.0, ge=0, le=100, description="min-SNR loss weighting for DDPM (PixArt); 0 = off")
     prediction_type: Literal["epsilon", "v_prediction"] = Field(
         "epsilon", description="PixArt and UNet only: what the denoiser predicts (saved in the scheduler config)")
@@ -81,12 +84,13 @@ class TrainConfig(BaseModel):
 
 
 # ----------------------------------------------------------------------------------------------- data
-def render_pool(n: int, seed: int) -> tuple[torch.Tensor, list[str]]:
-    """``n`` seeded random scenes: pixels (n, 3, 32, 32) in [-1, 1] and their captions."""
+def render_pool(n: int, seed: int, world: int = 1) -> tuple[torch.Tensor, list[str]]:
+    """``n`` seeded random scenes of ``world``: pixels (n, 3, H, W) in [-1, 1] and their captions."""
+    toy = get_world(world)
     rng = np.random.default_rng(seed)
-    specs = [random_spec(rng) for _ in range(n)]
-    pixels = np.stack([np.asarray(render(s), dtype=np.float32) for s in specs])  # (n, H, W, 3)
-    return torch.from_numpy(pixels / 127.5 - 1.0).permute(0, 3, 1, 2).contiguous(), [caption(s) for s in specs]
+    specs = [toy.random_spec(rng) for _ in range(n)]
+    pixels = render_many(world, specs).astype(np.float32)  # (n, H, W, 3)
+    return torch.from_numpy(pixels / 127.5 - 1.0).permute(0, 3, 1, 2).contiguous(), [toy.caption(s) for s in specs]
 
 
 def lr_at(step: int, cfg: TrainConfig, elapsed: float = 0.0) -> float:
@@ -151,9 +155,9 @@ def train_vae(cfg: TrainConfig, out: Path):
     """Train the shared AutoencoderKL on rendered scenes; set its latent scaling/shift from the data; save."""
     device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
-    pixels, _ = render_pool(cfg.pool, cfg.seed)
+    pixels, _ = render_pool(cfg.pool, cfg.seed, cfg.world)
     pixels = pixels.to(device)
-    vae = build_vae(cfg.seed).to(device).train()
+    vae = build_vae(cfg.seed, get_world(cfg.world).image_size, cfg.vae_factor, cfg.latent_channels).to(device).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
     gen = torch.Generator(device).manual_seed(cfg.seed)
     total = cfg.total_steps()
@@ -185,10 +189,10 @@ def train_vae(cfg: TrainConfig, out: Path):
 
 
 def load_or_train_vae(out_root: Path, cfg: TrainConfig):
-    """The shared VAE: ``out_root/vae``, else the shipped one, else trained now into ``out_root/vae``."""
+    """The world's shared VAE: ``out_root/vae``, else the shipped one, else trained now into ``out_root/vae``."""
     from diffusers import AutoencoderKL
 
-    for folder in (out_root / "vae", WEIGHTS_DIR / "vae"):
+    for folder in (out_root / "vae", get_world(cfg.world).weights / "vae"):
         if (folder / "config.json").is_file():
             return AutoencoderKL.from_pretrained(folder, torch_dtype=torch.float32)
     vae_cfg = cfg.model_copy(update={"family": "vae", "steps": 0, "lr": 1e-3, "warmup": 100})
@@ -219,12 +223,12 @@ def encode_captions(pipe, family: str, captions: list[str], device: torch.device
 
 
 # ----------------------------------------------------------------------------------------------- objectives
-def flow_shift(family: str, scheduler) -> float:
-    """The sampler's timestep shift at the toy resolution (Flux: resolution-dependent, from 64 image tokens)."""
+def flow_shift(family: str, scheduler, latent_size: int = LATENT_SIZE) -> float:
+    """The sampler's timestep shift at the toy resolution (Flux: resolution-dependent, from its image tokens)."""
     cfg = scheduler.config
     if not cfg.use_dynamic_shifting:
         return float(cfg.shift)
-    tokens = (LATENT_SIZE // 2) ** 2  # latents packed 2x2
+    tokens = (latent_size // 2) ** 2  # latents packed 2x2
     m = (cfg.max_shift - cfg.base_shift) / (cfg.max_image_seq_len - cfg.base_image_seq_len)
     return math.exp(cfg.base_shift + m * (tokens - cfg.base_image_seq_len))
 
@@ -252,7 +256,7 @@ def diffusion_loss(family: str, transformer, z0: torch.Tensor, cond: dict[str, t
                               timestep=t, added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample
         v = prediction_type == "v_prediction"
         target = ab.sqrt() * eps - (1 - ab).sqrt() * z0 if v else eps
-        err = (out[:, :LATENT_CHANNELS].float() - target).pow(2).mean(dim=(1, 2, 3))  # (B,)
+        err = (out[:, :z0.shape[1]].float() - target).pow(2).mean(dim=(1, 2, 3))  # (B,)
         if snr_gamma > 0:  # min-SNR-gamma (Hang et al., 2023): caps the weight of nearly clean timesteps
             snr = ab.view(b) / (1 - ab.view(b))
             err = err * snr.clamp(max=snr_gamma) / (snr + 1 if v else snr)
@@ -287,7 +291,7 @@ def train_family(cfg: TrainConfig, out_root: Path, vae=None) -> Path:
                           prediction_type=cfg.prediction_type).to(device)
     transformer = getattr(pipe, denoiser_name(cfg.family)).train()
 
-    pixels, captions = render_pool(cfg.pool, cfg.seed + 1)
+    pixels, captions = render_pool(cfg.pool, cfg.seed + 1, cfg.world)
     table_captions = sorted(set(captions)) + [""]
     index = {c: i for i, c in enumerate(table_captions)}
     cap_idx = torch.tensor([index[c] for c in captions], device=device)  # (N,)
@@ -300,7 +304,7 @@ def train_family(cfg: TrainConfig, out_root: Path, vae=None) -> Path:
     scaling = pipe.vae.config.scaling_factor
     ddpm = cfg.family in ("pixart", "unet")
     alphas_cumprod = pipe.scheduler.alphas_cumprod.to(device) if ddpm else None
-    shift = 1.0 if ddpm else flow_shift(cfg.family, pipe.scheduler)
+    shift = 1.0 if ddpm else flow_shift(cfg.family, pipe.scheduler, latent_size_of(vae))
 
     ema = [p.detach().clone() for p in transformer.parameters()]
     opt = torch.optim.AdamW(transformer.parameters(), lr=cfg.lr, weight_decay=0.0)
@@ -358,13 +362,14 @@ def _write_summary(out: Path, cfg: TrainConfig, seconds: float, modules: dict[st
     (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
-def train(family: str, out: str | Path = WEIGHTS_DIR, **overrides: Any) -> list[Path]:
-    """Train ``family`` ("vae", "pixart", "sd3", "flux", "unet" or "all") into ``out``; returns the folders written."""
+def train(family: str, out: str | Path | None = None, **overrides: Any) -> list[Path]:
+    """Train ``family`` ("vae", "pixart", "sd3", "flux", "unet" or "all") into ``out`` (default: the world's
+    shipped weights); returns the folders written."""
     if family not in ("vae", "all", *FAMILIES):
         raise InputError(f"family={family!r} is not one of vae, {', '.join(FAMILIES)}, all")
     if overrides.get("device", "cpu").startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"device={overrides['device']!r} but CUDA is not available here; pass --device cpu")
-    out = Path(out)
+    out = Path(out) if out is not None else get_world(overrides.get("world", 1)).weights
     if overrides.get("device", "cpu").startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -384,8 +389,10 @@ def train(family: str, out: str | Path = WEIGHTS_DIR, **overrides: Any) -> list[
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m eimsdk_toy.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--family", required=True, choices=["vae", *FAMILIES, "all"])
-    p.add_argument("--out", default=str(WEIGHTS_DIR), help="root folder; each family goes to OUT/<family> "
-                   "(default: the package's shipped weights)")
+    p.add_argument("--out", default=None, help="root folder; each family goes to OUT/<family> "
+                   "(default: the package's shipped weights of the world)")
+    p.add_argument("--world", type=int, default=1, choices=[1, 2], help="toy world: 1 (32 px) or 2 (64 px, "
+                   "fine-grained named attributes and unnamed content)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--steps", type=int, default=0, help="optimiser steps (default per family and device: "
                    f"{DEFAULTS})")
@@ -395,11 +402,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prediction-type", default="epsilon", choices=["epsilon", "v_prediction"],
                    help="PixArt and UNet only: eps (like the real checkpoints) or v prediction")
+    p.add_argument("--vae-factor", type=int, default=2, choices=[2, 4], help="VAE only: downsampling factor "
+                   "(4: a third block; 64 px world-2 scenes give 16x16 latents, as many tokens as world 1)")
+    p.add_argument("--latent-channels", type=int, default=4, help="VAE only: latent channels")
     p.add_argument("--max-minutes", type=float, default=0.0, help="wall-clock budget per family (0: none); the "
                    "learning-rate schedule follows whichever of steps and time runs out first, then it saves")
     args = p.parse_args(argv)
-    overrides = dict(steps=args.steps, batch_size=args.batch_size, pool=args.pool, seed=args.seed, device=args.device,
-                     prediction_type=args.prediction_type, max_seconds=60.0 * args.max_minutes)
+    overrides = dict(world=args.world, steps=args.steps, batch_size=args.batch_size, pool=args.pool, seed=args.seed,
+                     device=args.device, prediction_type=args.prediction_type, max_seconds=60.0 * args.max_minutes,
+                     vae_factor=args.vae_factor, latent_channels=args.latent_channels)
     if args.lr is not None:
         overrides["lr"] = args.lr
     for folder in train(args.family, args.out, **overrides):

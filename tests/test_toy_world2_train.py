@@ -1,0 +1,78 @@
+"""World-2 training smoke tests: a few tiny steps of the VAE and each family at 64 px; the GPU recipe end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import diffusers
+from eimsdk_toy.evaluate import markdown, world_of
+from eimsdk_toy.models import FAMILIES, PIPELINES, sample_kwargs
+from eimsdk_toy.train import main, train
+from eimsdk_toy.world2 import NAMED, UNNAMED
+
+TINY = dict(world=2, batch_size=2, pool=64, log_every=1)
+
+
+@pytest.fixture(scope="module")
+def out_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy2")
+    assert main(["--world", "2", "--family", "vae", "--out", str(root), "--steps", "2", "--batch-size", "2",
+                 "--pool", "64"]) == 0
+    config = json.loads((root / "vae" / "config.json").read_text())
+    assert config["sample_size"] == 64
+    return root
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_world2_training_writes_a_64px_pipeline(out_root, family):
+    (folder,) = train(family, out_root, steps=3, **TINY)
+    summary = json.loads((folder / "training.json").read_text())
+    assert summary["config"]["world"] == 2 and summary["steps"] == 3 and world_of(folder) == 2
+    pipe = getattr(diffusers, PIPELINES[family]).from_pretrained(folder, torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe("a small dark blue dotted square with a ring at the top left on a white background",
+                 num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pt",
+                 **sample_kwargs(family, 64)).images
+    assert image.shape == (1, 3, 64, 64) and torch.isfinite(image).all()
+
+
+def test_recipe_trains_evaluates_and_archives_each_model(out_root, tmp_path):
+    import shutil
+
+    from eimsdk_toy.recipe import ARCHIVE_LIMIT, main as recipe_main
+
+    shutil.copytree(out_root / "vae", tmp_path / "vae")  # an existing stage is skipped: the recipe resumes
+    assert recipe_main(["--out", str(tmp_path), "--device", "cpu", "--families", "pixart", "--roundtrip-n", "4",
+                        "--train-args", "--steps 2 --batch-size 2 --pool 64",
+                        "--eval-args", "--n 2 --steps 2 --inversion-n 1 --inversion-steps 2"]) == 0
+    summary = json.loads((tmp_path / "recipe.json").read_text())
+    assert summary["vae_roundtrip"]["n"] == 4 and set(summary["vae_roundtrip"]["attributes"]) >= set(UNNAMED)
+    model = summary["models"]["pixart"]
+    assert model["training"]["steps"] == 2 and model["training"]["config"]["world"] == 2
+    report = model["evaluation"]
+    assert report["world"] == 2 and set(report["sampling"]["attributes"]) == set(NAMED)
+    assert set(report["inversion"]["attributes"]) == set(NAMED) | set(UNNAMED)  # inversion must keep unnamed content
+    for stats in report["sampling"]["unnamed"].values():
+        assert sum(stats["samples"].values()) == pytest.approx(1.0) and 0.0 <= stats["tv"] <= 1.0
+    assert "| unnamed attribute | TV(samples, training)" in markdown(report)
+    archive = tmp_path / "archives" / "toy2-pixart.tar.gz"
+    assert archive.stat().st_size == model["archive_bytes"] < ARCHIVE_LIMIT
+
+
+def test_a_factor_4_vae_with_8_channels_gives_world_1_token_counts(tmp_path):
+    from eimsdk_pixart.encoder import PixArtEncoder
+
+    (vae_dir,) = train("vae", tmp_path, steps=1, vae_factor=4, latent_channels=8, **TINY)
+    (folder,) = train("pixart", tmp_path, steps=2, **TINY)
+    config = json.loads((folder / "transformer" / "config.json").read_text())
+    assert (config["sample_size"], config["in_channels"], config["out_channels"]) == (16, 8, 16)
+    pipe = diffusers.PixArtAlphaPipeline.from_pretrained(folder, torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe("a large light red plain circle at the top left on a black background", num_inference_steps=2,
+                 output_type="pt", **sample_kwargs("pixart", 64)).images
+    assert image.shape == (1, 3, 64, 64)
+    encoder = PixArtEncoder.from_pretrained(str(folder))
+    assert encoder.latent_channels == 8 and encoder.vae_scale_factor == 4
