@@ -136,7 +136,7 @@ def test_report_groups_rates_by_attribute_kind(tmp_path):
     from eimsdk.bench.manifest import write_manifest
     from eimsdk.bench.report import attribute_kinds, markdown, summarize
 
-    kinds = {"shape": "coarse", "shade": "fine", "texture": "unnamed"}
+    kinds = {"texture": "unnamed", "shape": "coarse", "shade": "fine"}  # as a sorted manifest lists them
     write_manifest(toy2_manifest(tmp_path, 1)[:1], tmp_path / "manifest.jsonl")
     assert attribute_kinds(tmp_path / "manifest.jsonl") == KINDS
     assert attribute_kinds(tmp_path / "missing.jsonl") == {}
@@ -152,6 +152,7 @@ def test_report_groups_rates_by_attribute_kind(tmp_path):
                rec("shade", True, {"shape": False, "texture": True})]
     summary = summarize(results, [1.0], kinds=kinds)
     table = summary["table"]["m"]["hsds"]["by_kind"]
+    assert list(table) == ["coarse", "fine", "unnamed"]  # edited kinds first, in the order of the results
     assert table["coarse"] == {"success": 0.5, "kept": pytest.approx(2 / 3, abs=1e-4)}
     assert table["fine"] == {"success": 1.0, "kept": 1.0}
     assert table["unnamed"] == {"success": None, "kept": pytest.approx(2 / 3, abs=1e-4)}

@@ -46,10 +46,10 @@ def attribute_kinds(manifest: Path) -> dict[str, str]:
 
 def by_kind(recs: list[dict[str, Any]], strength: float, kinds: dict[str, str]) -> dict[str, dict[str, Any]]:
     """Per attribute kind: success of the edits along attributes of that kind, and the share of all edits that
-    keep every other attribute of that kind as the source reads it."""
+    keep every other attribute of that kind as the source reads it. Kinds that are edited come first."""
     out = {}
     edits = [(r, _edit_at(r, strength) or {}) for r in recs]
-    for kind in dict.fromkeys(kinds.values()):
+    for kind in dict.fromkeys([kinds[r["attribute"]] for r in recs if r["attribute"] in kinds] + list(kinds.values())):
         kept = [all(v for a, v in e.get("preserved", {}).items() if kinds.get(a) == kind) for _, e in edits]
         out[kind] = {"success": _mean([e.get("success") for r, e in edits if kinds.get(r["attribute"]) == kind]),
                      "kept": _mean(kept)}
