@@ -23,7 +23,8 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from eimsdk.memory import TransformerShape, estimate_forward, estimate_hsds
+from eimsdk.errors import MemoryLimitError
+from eimsdk.memory import TransformerShape, estimate_forward, estimate_hsds, plan_for_shape
 from eimsdk.testing import memprobe
 
 # Published transformer configs (diffusers' config.json of each checkpoint), written here: nothing is downloaded.
@@ -101,6 +102,51 @@ def measure(name: str, sizes: list[int], dtype: str, modes: list[str], warmup: b
     return out
 
 
+TEXT_TOKENS = {"pixart-alpha": 120, "pixart-sigma": 300, "sd3-medium": 333, "sd3.5-large": 333, "flux.1-dev": 512}
+KINDS = {"pixart": "PixArtTransformer2DModel", "sd3": "SD3Transformer2DModel", "flux": "FluxTransformer2DModel"}
+
+
+def full_shape(name: str, weights_bytes: int, dtype: str) -> TransformerShape:
+    """The planner's view of the full real model (VAE factor 8; a token is 2x2 latent cells)."""
+    family, config = CONFIGS[name]
+    return TransformerShape(
+        blocks=_full_blocks(config), width=config["num_attention_heads"] * config["attention_head_dim"],
+        heads=config["num_attention_heads"], text_tokens=TEXT_TOKENS[name], joint="joint_attention_dim" in config,
+        token_pixels=2 * VAE_FACTOR, cells=2, kind=KINDS[family.split("-")[0]], param_bytes=weights_bytes,
+        dtype_bytes=2 if dtype == "bfloat16" else 4)
+
+
+def report(rows: list[dict], rows_per_direction: int = 4) -> str:
+    """Markdown: measured peaks per row beside the planner's estimates, then the planner's plan per GPU size for
+    one direction of ``rows_per_direction`` rows (K = 4, no preserve prompts, no CFG)."""
+    gib = 2**30
+    lines = ["| model | dtype | px | mode | weights (GiB) | measured peak, 1 row (GiB) | planner (GiB) | "
+             "time, 1 row (s) | time / predict |", "|---|---|---|---|---|---|---|---|---|"]
+    predict = {(r["model"], r["dtype"], r["size"]): r["seconds"] for r in rows if r["mode"] == "predict"}
+    for r in rows:
+        ratio = r["seconds"] / predict[(r["model"], r["dtype"], r["size"])]
+        lines.append(f"| {r['model']} | {r['dtype']} | {r['size']} | {r['mode']} | {r['weights_bytes'] / gib:.2f} | "
+                     f"{r['peak_bytes'] / gib:.2f} | {r['estimate_bytes'] / gib:.2f} | {r['seconds']:.0f} | "
+                     f"{ratio:.1f} |")
+    lines += ["", f"| model | dtype | px | weights (GiB) | plan on 24 GiB (HSDS peak, GiB) | plan on 80 GiB |",
+              "|---|---|---|---|---|---|"]
+    for key in sorted({(r["model"], r["dtype"], r["size"]) for r in rows}):
+        weights = next(r["weights_bytes"] for r in rows if (r["model"], r["dtype"], r["size"]) == key)
+        shape = full_shape(key[0], weights, key[1])
+        cells = []
+        for device in (24, 80):
+            free = device * gib - weights
+            try:
+                plan = plan_for_shape(shape, shape.image_tokens((key[2], key[2])), rows_per_direction,
+                                      available=int(free))
+                cells.append(f"{plan.jvp}, max_batch {plan.max_batch}, keep_graph {plan.keep_graph}, "
+                             f"checkpointing {plan.checkpointing} ({plan.estimate_bytes / gib:.2f})")
+            except MemoryLimitError:
+                cells.append("no plan fits" if free > 0 else f"weights alone exceed {device} GiB")
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {weights / gib:.2f} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
@@ -111,7 +157,11 @@ def main() -> None:
     parser.add_argument("--skip", nargs="*", default=[], metavar="SIZE:MODE",
                         help="pairs not to run (e.g. 1024:double-backward, whose maps alone need many GB)")
     parser.add_argument("--json", type=Path, help="append one JSON line per result")
+    parser.add_argument("--report", type=Path, metavar="JSONL", help="instead: print the tables of earlier results")
     args = parser.parse_args()
+    if args.report:
+        print(report([json.loads(line) for line in args.report.read_text().splitlines() if line.strip()]))
+        return
     for dtype in args.dtypes:
         for name in args.models:
             skip = {(int(size), mode) for size, mode in (x.split(":") for x in args.skip)}

@@ -193,14 +193,26 @@ def plan_derivatives(encoder: Any, rows: int, latent_shape: Sequence[int], *, gu
                      jvp: str = "auto", keep_graph: Any = "auto", checkpointing: Any = "auto",
                      max_batch: int | None = None, available: int | None = None) -> DerivativePlan:
     """The cheapest plan for ``rows`` HSDS rows of latents shaped ``latent_shape`` (one sample; ``guided``: each
-    row is two model samples) that fits in the available memory, among those the forced settings allow.
-    ``max_batch`` counts rows per model call. Raises :class:`MemoryLimitError` if none fits."""
+    row is two model samples) that fits in the available memory of the encoder's device, among those the forced
+    settings allow. ``max_batch`` counts rows per model call. Raises :class:`MemoryLimitError` if none fits."""
     shape = transformer_shape(encoder)
-    plans = _candidates(rows, jvp, keep_graph, checkpointing, max_batch, _can_checkpoint(encoder))
+    forced = dict(jvp=jvp, keep_graph=keep_graph, checkpointing=checkpointing, max_batch=max_batch)
     if shape is None:  # no transformer config: nothing to estimate; the exact strategy unless one is forced
+        plans = _candidates(rows, **forced, can_checkpoint=_can_checkpoint(encoder))
         return next((p for p in plans if p.jvp == "double-backward"), plans[0])
-    tokens = shape.latent_tokens(latent_shape)
-    budget = HEADROOM * (available_memory(encoder.device) if available is None else available)
+    return plan_for_shape(shape, shape.latent_tokens(latent_shape), rows, guided=guided, **forced,
+                          available=available_memory(encoder.device) if available is None else available,
+                          can_checkpoint=_can_checkpoint(encoder), where=str(encoder.device))
+
+
+def plan_for_shape(shape: TransformerShape, tokens: int, rows: int, *, available: int, guided: bool = False,
+                   jvp: str = "auto", keep_graph: Any = "auto", checkpointing: Any = "auto",
+                   max_batch: int | None = None, can_checkpoint: bool = True, where: str = "the device"
+                   ) -> DerivativePlan:
+    """:func:`plan_derivatives` for a model known by its shape, ``tokens`` image tokens per sample and
+    ``available`` bytes."""
+    plans = _candidates(rows, jvp, keep_graph, checkpointing, max_batch, can_checkpoint)
+    budget = HEADROOM * available
     per_row = 2 if guided else 1
     estimates = [replace(p, estimate_bytes=_estimate(shape, tokens, rows * per_row, replace(
         p, max_batch=p.max_batch * per_row)), available_bytes=int(budget)) for p in plans]
@@ -213,10 +225,9 @@ def plan_derivatives(encoder: Any, rows: int, latent_shape: Sequence[int], *, gu
     raise MemoryLimitError(
         f"HSDS over {rows} rows of {tokens} image tokens needs at least {_gb(least.estimate_bytes)} above the "
         f"weights ({least.jvp}, max_batch={least.max_batch}, keep_graph={least.keep_graph}, "
-        f"checkpointing={least.checkpointing}"
-        f"{', forced: ' + str(forced) if forced else ''}) but {_gb(budget)} is available on {encoder.device}; "
-        "use a smaller image size, fewer num_timesteps or preserve prompts, "
-        f"{'drop the forced settings, ' if forced else ''}offload the text encoders and VAE, or another GPU")
+        f"checkpointing={least.checkpointing}{', forced: ' + str(forced) if forced else ''}) but "
+        f"{_gb(max(budget, 0))} is available on {where}; use a smaller image size, fewer num_timesteps or preserve "
+        f"prompts, {'drop the forced settings, ' if forced else ''}offload the text encoders and VAE, or another GPU")
 
 
 def guard(encoder: Any, image_size: Sequence[int], batch: int, what: str, *, available: int | None = None) -> None:

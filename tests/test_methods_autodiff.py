@@ -210,3 +210,20 @@ def test_checkpointing_recomputes_the_blocks_in_eval_mode(tiny_pipeline_path):
     assert (backward_plain, backward_ckpt) == (0, 1), "the checkpointed backward runs the block once more"
     assert not enc.transformer.is_gradient_checkpointing, "checkpointing is switched off again after use"
     torch.testing.assert_close(out, plain.vjp(u))
+
+
+def test_strategies_work_through_sequential_offload_hooks(tiny_pipeline_path):
+    """accelerate's ``cpu_offload`` (what ``enable_sequential_cpu_offload`` installs) keeps the weights on the meta
+    device and loads them per module call; every strategy must give the products it gives without the hooks."""
+    from accelerate import cpu_offload
+
+    enc = Editor.from_pretrained(tiny_pipeline_path("sd3"), dtype="float64").encoder
+    z, t, cond, v, u = _tiny_point(enc, torch.float64)
+    plain = {s: Linearization(enc, z, t, cond, jvp=s) for s in STRATEGIES}
+    expected = {s: (lin.jvp(v), lin.vjp(u)) for s, lin in plain.items()}
+    cpu_offload(enc.transformer, execution_device=torch.device("cpu"))
+    assert next(enc.transformer.parameters()).device.type == "meta"
+    for strategy in STRATEGIES:
+        lin = Linearization(enc, z, t, cond, jvp=strategy, checkpointing=strategy != "double-backward")
+        torch.testing.assert_close(lin.jvp(v), expected[strategy][0], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(lin.vjp(u), expected[strategy][1], rtol=1e-10, atol=1e-12)

@@ -138,8 +138,9 @@ def main(path: str) -> None:
                                          keep_graph=options["keep_graph"], checkpointing=options["checkpointing"],
                                          max_batch=options.get("max_batch") or rows)
             else:
-                work = forward_work(encoder, size, rows, m.get("guidance_scale", 1.0))
-                estimate = estimate_forward(shape, shape.image_tokens((size, size)), rows * (1 if m.get("guidance_scale", 1.0) == 1 else 2))
+                scale = m.get("guidance_scale", 1.0)
+                work = forward_work(encoder, size, rows, scale)
+                estimate = estimate_forward(shape, shape.image_tokens((size, size)), rows * (1 if scale == 1 else 2))
             if m.get("warmup", spec.get("warmup", True)):
                 peak_bytes(work)
             peak, seconds = peak_bytes(work)
