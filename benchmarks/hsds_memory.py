@@ -116,9 +116,20 @@ def full_shape(name: str, weights_bytes: int, dtype: str) -> TransformerShape:
         dtype_bytes=2 if dtype == "bfloat16" else 4)
 
 
+def parameter_count(name: str) -> int:
+    """Parameters of the full transformer, built on the meta device (no memory, no weights)."""
+    import diffusers
+    import torch
+
+    family, config = CONFIGS[name]
+    with torch.device("meta"):
+        model = getattr(diffusers, KINDS[family.split("-")[0]])(**config)
+    return sum(p.numel() for p in model.parameters())
+
+
 def report(rows: list[dict], rows_per_direction: int = 4) -> str:
     """Markdown: measured peaks per row beside the planner's estimates, then the planner's plan per GPU size for
-    one direction of ``rows_per_direction`` rows (K = 4, no preserve prompts, no CFG)."""
+    one direction of ``rows_per_direction`` rows (K = 4, no preserve prompts, no CFG) of every model."""
     gib = 2**30
     lines = ["| model | dtype | px | mode | weights (GiB) | measured peak, 1 row (GiB) | planner (GiB) | "
              "time, 1 row (s) | time / predict |", "|---|---|---|---|---|---|---|---|---|"]
@@ -128,23 +139,31 @@ def report(rows: list[dict], rows_per_direction: int = 4) -> str:
         lines.append(f"| {r['model']} | {r['dtype']} | {r['size']} | {r['mode']} | {r['weights_bytes'] / gib:.2f} | "
                      f"{r['peak_bytes'] / gib:.2f} | {r['estimate_bytes'] / gib:.2f} | {r['seconds']:.0f} | "
                      f"{ratio:.1f} |")
-    lines += ["", f"| model | dtype | px | weights (GiB) | plan on 24 GiB (HSDS peak, GiB) | plan on 80 GiB |",
-              "|---|---|---|---|---|---|"]
-    for key in sorted({(r["model"], r["dtype"], r["size"]) for r in rows}):
-        weights = next(r["weights_bytes"] for r in rows if (r["model"], r["dtype"], r["size"]) == key)
-        shape = full_shape(key[0], weights, key[1])
-        cells = []
-        for device in (24, 80):
-            free = device * gib - weights
-            try:
-                plan = plan_for_shape(shape, shape.image_tokens((key[2], key[2])), rows_per_direction,
-                                      available=int(free))
-                cells.append(f"{plan.jvp}, max_batch {plan.max_batch}, keep_graph {plan.keep_graph}, "
-                             f"checkpointing {plan.checkpointing} ({plan.estimate_bytes / gib:.2f})")
-            except MemoryLimitError:
-                cells.append("no plan fits" if free > 0 else f"weights alone exceed {device} GiB")
-        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {weights / gib:.2f} | {cells[0]} | {cells[1]} |")
+    lines += ["", "| model | dtype | px | weights (GiB) | 24 GiB | 80 GiB | 24 GiB, sequential offload |",
+              "|---|---|---|---|---|---|---|"]
+    for name in CONFIGS:
+        weights32 = 4 * parameter_count(name)
+        for dtype in ("float32", "bfloat16"):
+            weights = weights32 // (2 if dtype == "bfloat16" else 1)
+            shape = full_shape(name, weights, dtype)
+            for size in (512, 1024):
+                resident = {24: weights, 80: weights, "offload": 2 * weights // shape.blocks}  # offload: ~2 blocks
+                cells = [_plan_cell(shape, size, (24 if d == "offload" else d) * gib - resident[d], rows_per_direction)
+                         for d in (24, 80, "offload")]
+                lines.append(f"| {name} | {dtype} | {size} | {weights / gib:.1f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _plan_cell(shape: TransformerShape, size: int, free: float, rows: int) -> str:
+    if free <= 0:
+        return "weights do not fit"
+    try:
+        plan = plan_for_shape(shape, shape.image_tokens((size, size)), rows, available=int(free))
+    except MemoryLimitError:
+        return "no plan fits"
+    extras = [x for x, on in (("graph kept", plan.keep_graph), ("checkpointing", plan.checkpointing)) if on]
+    return (f"{plan.jvp}, max_batch {plan.max_batch}{', ' if extras else ''}{', '.join(extras)} "
+            f"({plan.estimate_bytes / 2**30:.1f} GiB)")
 
 
 def main() -> None:
