@@ -2,6 +2,8 @@
 
     HF_HUB_OFFLINE=1 python benchmarks/autodiff_cost.py [--batch 4] [--repeats 9] [--families pixart sd3 flux]
         [--with-linearize] [--device cuda] [--json out.json]
+    HF_HUB_OFFLINE=1 python benchmarks/autodiff_cost.py --accuracy
+    HF_HUB_OFFLINE=1 python benchmarks/autodiff_cost.py --toy-paired 8
 
 Measured, at one point (z_t, t, c) of batch B, median wall time over repeats:
 
@@ -27,7 +29,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from eimsdk import Editor
-from eimsdk.autodiff import Linearization
+from eimsdk.autodiff import JVP_STRATEGIES, Linearization
 from eimsdk.testing.tiny import build_tiny_pipeline
 
 
@@ -97,6 +99,64 @@ def measure(encoder, batch: int, repeats: int, with_linearize: bool) -> dict[str
     return out
 
 
+def accuracy(families: list[str], root: Path) -> None:
+    """Relative error of each JVP strategy (and its VJP) in float64, float32 and bfloat16 against double backward in
+    float64, at one guided point of batch 2 on each tiny backend."""
+    for family in families:
+        build_tiny_pipeline(family, root / family)
+        ref_enc = Editor.from_pretrained(root / family, dtype="float64").encoder
+        h, w = ref_enc.default_image_size
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            z0 = ref_enc.encode_images((torch.rand(2, 3, h, w, generator=g) * 2 - 1).double())
+        t = torch.tensor([0.3, 0.7])
+        z = ref_enc.add_noise(z0, torch.randn(z0.shape, generator=g, dtype=torch.float64), t)
+        v, u = (torch.randn(z.shape, generator=g, dtype=torch.float64) for _ in range(2))
+        prompts = ["a red circle", "a blue square"]
+        ref = Linearization(ref_enc, z, t, ref_enc.encode_prompts(prompts), guidance_scale=2.0)
+        ref_jv, ref_ju = ref.jvp(v), ref.vjp(u)
+        for dtype in (torch.float64, torch.float32, torch.bfloat16):
+            enc = Editor.from_pretrained(root / family, dtype=str(dtype).split(".")[1]).encoder
+            with torch.no_grad():
+                cond = enc.encode_prompts(prompts)
+            for strategy in JVP_STRATEGIES:
+                lin = Linearization(enc, z.to(dtype), t, cond, guidance_scale=2.0, jvp=strategy)
+                jv, ju = lin.jvp(v.to(dtype)).double(), lin.vjp(u.to(dtype)).double()
+                print(f"| {family} | {str(dtype).split('.')[1]} | {strategy} | "
+                      f"{float((jv - ref_jv).norm() / ref_jv.norm()):.1e} | "
+                      f"{float((ju - ref_ju).norm() / ref_ju.norm()):.1e} |", flush=True)
+
+
+def toy_paired(models: list[str], tasks: int) -> dict[str, dict[str, float]]:
+    """HSDS with the planner's default (``jvp="auto"``) against exact double backward on the shipped toy models,
+    paired (same scene, prompts, seed): cosine of ``dz``, and how often the edited image reads the target colour."""
+    from eimsdk_toy.readers import ToyReader
+    from eimsdk_toy.scenes import caption, make_spec, render
+
+    reader, colours = ToyReader(), ["red", "green", "blue", "yellow"]
+    out = {}
+    for model in models:
+        editor = Editor.from_pretrained(model)
+        cosines, hits = [], {"auto": 0, "double-backward": 0}
+        for i in range(tasks):
+            spec = make_spec(1000 + i)
+            target = spec.model_copy(update={"colour": colours[(colours.index(spec.colour) + 1) % 4]})
+            image, latent = render(spec), None
+            found = {}
+            for jvp in hits:
+                latent = latent or editor.encode(image, caption(spec))
+                found[jvp] = editor.find_direction(image, caption(spec), caption(target), latent=latent, seed=i,
+                                                   jvp=jvp)
+                edited = editor.apply(image, caption(spec), found[jvp], latent=latent).images[0]
+                hits[jvp] += reader.read([edited])[0]["colour"] == target.colour
+            cosines.append(float(torch.nn.functional.cosine_similarity(
+                found["auto"].dz.flatten(), found["double-backward"].dz.flatten(), dim=0)))
+        out[model] = {"min_cosine": min(cosines), "tasks": tasks,
+                      **{f"colour_hits_{k}": v for k, v in hits.items()}}
+        print(model, out[model], flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--families", nargs="+", default=["pixart", "sd3", "flux"])
@@ -105,7 +165,18 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--with-linearize", action="store_true")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--accuracy", action="store_true",
+                        help="instead: each strategy's error against double backward in float64")
+    parser.add_argument("--toy-paired", type=int, metavar="TASKS",
+                        help="instead: the planner's default against double backward on the toy models")
     args = parser.parse_args()
+    if args.accuracy:
+        with tempfile.TemporaryDirectory() as tmp:
+            accuracy(args.families, Path(tmp))
+        return
+    if args.toy_paired:
+        toy_paired(["toy-pixart", "toy-sd3", "toy-flux"], args.toy_paired)
+        return
     torch.manual_seed(0)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:

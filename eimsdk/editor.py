@@ -12,6 +12,7 @@ import torch
 from eimsdk.errors import BackendNotFoundError, InputError
 from eimsdk.images import check_prompts, to_pil
 from eimsdk.interfaces import Encoder
+from eimsdk.memory import guard
 from eimsdk.plugins import PluginManager, get_plugin_manager
 from eimsdk.cost import Cost, CostMeter
 from eimsdk.records import Direction, EditResult, JointLatent
@@ -128,6 +129,7 @@ class Editor:
         m = self.encoder.image_multiple
         if height % m or width % m or height <= 0 or width <= 0:
             raise InputError(f"height={height}, width={width}: both must be positive multiples of {m} for this model")
+        guard(self.encoder, (height, width), len(prompts) * (1 if guidance_scale == 1.0 else 2), "generate")
         generator = torch.Generator("cpu").manual_seed(seed) if seed is not None else None
         negative = check_prompts(negative_prompt, len(prompts), None, name="negative_prompt") if negative_prompt else None
         pixels = self.encoder.generate(prompts, num_inference_steps=num_inference_steps,
@@ -211,6 +213,7 @@ class Editor:
         make_component(self.plugins.load("manipulator", self.manipulator_name),
                        {**self.manipulator_config, **manipulator_config}, f"manipulator {self.manipulator_name!r}")
         latent = self.encode(image, prompt, size=size)
+        guard(self.encoder, latent.image_size, 2 * latent.batch_size, "edit")  # an inversion/sampling step with CFG
         direction = self.find_direction(image, prompt, target_prompt, method=method, preserve_prompts=preserve_prompts,
                                         seed=seed, latent=latent, **(finder_config or {}))
         result = self.apply(image, prompt, direction, strength, latent=latent, restore_size=restore_size,

@@ -25,3 +25,7 @@ class DirectionMismatchError(EimsdkError, ValueError):
 
 class NumericalError(EimsdkError, FloatingPointError):
     """A NaN or Inf appeared where a finite value is required."""
+
+
+class MemoryLimitError(InputError, MemoryError):
+    """The work would not fit in the available memory; raised before the model runs, with the estimate and options."""

@@ -388,6 +388,8 @@ class Runner:
                     bar.update(1)
 
     def _run_unit(self, editor, source: "_Source", model: str, method: MethodSpec) -> dict[str, Any]:
+        from eimsdk.memory import guard
+
         item, cfg = source.item, self.config
         path = result_path(self.out, model, method, item.id)
         seed = item_seed(item.id, cfg.seed)
@@ -399,6 +401,7 @@ class Runner:
             "worker": {"rank": self.rank, "world_size": self.world_size, "device": str(editor.encoder.device)},
         }
         try:
+            guard(editor.encoder, source.latent.image_size, 2, "bench edit")  # an inversion/sampling step with CFG
             direction = editor.find_direction(None, [item.source_prompt] * len(item.target_prompts),
                                               item.target_prompts, method=method.finder, seed=seed,
                                               preserve_prompts=item.preserve_prompts, latent=source.latent,

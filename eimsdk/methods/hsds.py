@@ -34,6 +34,7 @@ from eimsdk.autodiff import Linearization
 from eimsdk.cost import CostMeter
 from eimsdk.errors import InputError, NumericalError
 from eimsdk.interfaces import DirectionFinder, Encoder
+from eimsdk.memory import plan_derivatives
 from eimsdk.methods.cg import conjugate_gradient
 from eimsdk.methods.text import text_direction
 from eimsdk.records import Conditioning, Direction, JointLatent
@@ -80,6 +81,12 @@ class HSDSConfig(SamplingConfig):
     cg_tol: float = Field(1e-3, ge=0.0, le=1.0, description="CG stops when ||residual|| <= cg_tol ||rhs||")
     curvature: Literal["gauss-newton", "identity"] = Field(
         "gauss-newton", description="J^T J from the model, or the identity (the DDS limit, no JVP/VJP)")
+    jvp: Literal["auto", "double-backward", "forward", "finite-difference"] = Field(
+        "auto", description="JVP strategy (eimsdk.autodiff); auto: the memory planner's cheapest that fits")
+    keep_graph: Literal["auto", True, False] = Field(
+        "auto", description="keep each chunk's first-order graph for all VJPs, or rebuild it per VJP")
+    checkpointing: Literal["auto", True, False] = Field(
+        "auto", description="the transformer's gradient checkpointing in the VJP graphs")
 
 
 @dataclass
@@ -130,16 +137,21 @@ def predict(encoder: Encoder, z_t: torch.Tensor, t: torch.Tensor, cond: Conditio
 
 
 class _Linearized:
-    """A :class:`Linearization` per chunk of at most ``max_batch`` rows, used as one."""
+    """A :class:`Linearization` per chunk of rows, used as one; the JVP strategy, rows per chunk, graph keeping and
+    checkpointing are the config's, or the memory planner's where the config leaves them to ``"auto"``/None."""
 
     def __init__(self, encoder: Encoder, z_t: torch.Tensor, t: torch.Tensor, cond: Conditioning,
-                 config: SamplingConfig) -> None:
-        step = config.max_batch or z_t.shape[0]
+                 config: HSDSConfig) -> None:
+        self.plan = plan_derivatives(encoder, z_t.shape[0], z_t.shape[1:], guided=config.guidance_scale != 1.0,
+                                     jvp=config.jvp, keep_graph=config.keep_graph,
+                                     checkpointing=config.checkpointing, max_batch=config.max_batch)
+        step = self.plan.max_batch
         self.work = torch.promote_types(z_t.dtype, torch.float32)
         self.dtype = z_t.dtype
-        self.parts = [(slice(i, i + step), Linearization(encoder, z_t[i : i + step], t[i : i + step],
-                                                         cond[i : i + step], guidance_scale=config.guidance_scale))
-                      for i in range(0, z_t.shape[0], step)]
+        self.parts = [(slice(i, i + step), Linearization(
+            encoder, z_t[i : i + step], t[i : i + step], cond[i : i + step], guidance_scale=config.guidance_scale,
+            jvp=self.plan.jvp, keep_graph=self.plan.keep_graph, checkpointing=self.plan.checkpointing))
+            for i in range(0, z_t.shape[0], step)]
         self.eps = torch.cat([lin.eps for _, lin in self.parts]).to(self.work)
 
     def jvp(self, v: torch.Tensor) -> torch.Tensor:
