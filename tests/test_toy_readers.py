@@ -9,7 +9,7 @@ import torch
 from eimsdk.errors import InputError
 from eimsdk.interfaces import AttributeReader
 from eimsdk_toy.readers import ToyReader
-from eimsdk_toy.scenes import ATTRIBUTES, random_spec, render
+from eimsdk_toy.scenes import ATTRIBUTES, BACKGROUNDS, COLOURS, random_spec, render
 
 N = 1000
 
@@ -79,13 +79,59 @@ def test_other_image_sizes(scenes):
     assert every >= 0.99, per
 
 
-def test_blank_image_has_no_object_and_uniform_confidence():
-    blank = np.zeros((32, 32, 3), dtype=np.uint8)
+OBJECT = ("shape", "colour", "position", "size")
+
+
+@pytest.mark.parametrize("background", ["black", "white"])
+def test_blank_image_reads_none_for_every_object_attribute(background):
+    blank = np.full((32, 32, 3), 0 if background == "black" else 255, dtype=np.uint8)
     (reading,) = ToyReader().read_detailed([blank])
     assert not reading.found
-    assert reading.values["background"] == "black"
-    assert reading.confidence["shape"] == pytest.approx(1 / 3)
-    assert reading.confidence["colour"] == pytest.approx(1 / 4)
+    assert reading.values == {"shape": "none", "colour": "none", "position": "none", "size": "none",
+                              "background": background}
+    for name in OBJECT:
+        assert reading.probabilities[name] == {"none": 1.0}
+
+
+def _faded(spec, fraction):
+    """The render with its object blended toward the background: 0 erases it, 1 is the render."""
+    background = np.asarray(BACKGROUNDS[spec.background], dtype=np.float32)
+    return (background + fraction * (np.asarray(render(spec), dtype=np.float32) - background)).round().astype(np.uint8)
+
+
+def test_near_blank_images_read_none(scenes):
+    specs, _ = scenes
+    rng = np.random.default_rng(7)
+    images = []
+    for spec in specs[:50]:
+        images.append(_faded(spec, 0.1))  # a ghost at a tenth of the contrast
+        speck = _faded(spec, 0.0)  # two object-coloured pixels on the background
+        y, x = rng.integers(0, 31, size=2)
+        speck[y, x : x + 2] = COLOURS[spec.colour]
+        images.append(speck)
+        noise = np.asarray(_faded(spec, 0.0), dtype=np.float32) + rng.normal(0, 6, (32, 32, 3))
+        images.append(np.clip(noise, 0, 255).astype(np.uint8))  # background with sensor-like noise
+    readings = ToyReader().read_detailed(images)
+    assert all(not r.found for r in readings)
+    assert all(r.values[name] == "none" for r in readings for name in OBJECT)
+    assert [r.values["background"] for r in readings] == [s.background for s in specs[:50] for _ in range(3)]
+
+
+def test_an_erased_object_is_neither_a_success_nor_preserved(scenes):
+    specs, images = scenes
+    reader = ToyReader()
+    for spec, image in zip(specs[:40], images[:40]):
+        source, erased = reader.read([image, _faded(spec, 0.0)])
+        for name in OBJECT:
+            assert erased[name] not in ATTRIBUTES[name]  # matches no expected class of any edit
+            assert erased[name] != source[name]  # and never the source's reading
+
+
+def test_a_visible_object_is_still_read_once_it_has_enough_contrast(scenes):
+    specs, _ = scenes
+    readings = ToyReader().read_detailed([_faded(s, 0.6) for s in specs[:100]])
+    assert np.mean([r.found for r in readings]) == 1.0
+    assert np.mean([r.values["position"] == s.position for r, s in zip(readings, specs)]) >= 0.95
 
 
 def test_bad_inputs_name_the_argument():

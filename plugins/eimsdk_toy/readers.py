@@ -10,6 +10,10 @@ The reader works on any image size and on model samples, not only on clean rende
 
 Each attribute also gets class probabilities (a softmax over feature distances), whose maximum is the
 reading's confidence: near 1 on clean renders, lower on blurry or ambiguous model samples.
+
+When no object is found (an edit that erased it, a blank or near-blank image), every object attribute (shape,
+colour, position, size) reads :data:`NONE` with probability 1: an erased object then never matches an expected
+value nor a source's reading, so it counts neither as a successful edit nor as preserved.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ _BG_PALETTE = np.asarray(list(BACKGROUNDS.values()), dtype=np.float32)  # (2, 3)
 _SHAPE_FIT = {"circle": (np.pi, 0.0), "square": (4.0, 0.0), "triangle": (2.0, 1.0 / 3.0)}
 _SIZE_THRESHOLD = (EXTENTS["small"] + EXTENTS["large"]) / 2  # half-extent between the two sizes (unit square)
 _MIN_COVERAGE = 4.0  # pixels at 32x32: less than this is "no object"
+NONE = "none"  # the reading of every object attribute when no object is found
+OBJECT_ATTRIBUTES = ("shape", "colour", "position", "size")
 
 
 @dataclass
@@ -124,9 +130,9 @@ def read_array(pixels: np.ndarray) -> ToyReading:
         "size": _probs(ATTRIBUTES["size"], size_e),
         "background": _probs(list(BACKGROUNDS), bg_e),
     }
-    if not found:  # nothing to read: the object attributes carry no information
-        for name in ("shape", "colour", "position", "size"):
-            probabilities[name] = {c: 1.0 / len(ATTRIBUTES[name]) for c in ATTRIBUTES[name]}
+    if not found:  # nothing to read: say so, rather than pick a class the image does not show
+        for name in OBJECT_ATTRIBUTES:
+            probabilities[name] = {NONE: 1.0}
     values = {name: max(p, key=p.get) for name, p in probabilities.items()}
     return ToyReading(values=values, probabilities=probabilities, centroid=(cx, cy), extent=extent,
                       fit_error=fits[best][0], found=found)
@@ -139,7 +145,7 @@ class ToyReader(AttributeReader):
     attributes = {name: list(classes) for name, classes in ATTRIBUTES.items()}
 
     def read(self, images: Sequence[Any]) -> list[dict[str, Any]]:
-        """One dict per image: attribute -> class name."""
+        """One dict per image: attribute -> class name (``"none"`` for the object's attributes when none is seen)."""
         return [r.values for r in self.read_detailed(images)]
 
     def probabilities(self, images: Sequence[Any]) -> list[dict[str, dict[str, float]]]:
