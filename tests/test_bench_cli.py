@@ -41,7 +41,7 @@ def test_run_then_rebuild_the_report(tmp_path, capsys, fakes_installed):
     assert "fake-oracle" in printed and "success 1.0" in printed and "report.md" in printed
     (out / "report.md").unlink()
     assert main(["bench", "--out", str(out), "--report-only"]) == 0
-    assert "| fake | fake-oracle | 1.00 | 1.00 | 1.00 |" in (out / "report.md").read_text()
+    assert "| fake | fake-oracle | 1.00 [0.57, 1.00] | 1.00 [0.57, 1.00] | 1.00 [0.57, 1.00] |" in (out / "report.md").read_text()
     assert json.loads((out / "config.json").read_text())["strengths"] == [0.5, 1.0]
 
     # Named methods pick a subset of the finished units (or units merged in from another run).

@@ -50,7 +50,15 @@ def test_known_answers_and_report(tmp_path, pm, model):
     assert np.allclose(d["matrix"]["matrix"], np.eye(5))
     assert table["fake-null"]["disentanglement"]["overall"] is None
     assert table["fake-oracle"]["find_model_evals"] == 1.0
-    assert table["fake-oracle"]["by_attribute"]["colour"] == {"n": 2, "success": 1.0, "preserved": 1.0}
+    assert table["fake-oracle"]["by_attribute"]["colour"] == {"n": 2, "success": 1.0, "preserved": 1.0,
+                                                              "success_ci": [0.3424, 1.0], "preserved_ci": [0.3424, 1.0]}
+    n = len(items)  # Wilson intervals: n of n gives [n / (n + z^2), 1]; 0 of n gives [0, z^2 / (n + z^2)]
+    z2 = 1.959963984540054**2
+    assert oracle["precise_ci"] == [pytest.approx(n / (n + z2), abs=1e-4), 1.0]
+    assert null["success_ci"] == [0.0, pytest.approx(z2 / (n + z2), abs=1e-4)]
+    (test,) = summary["paired"]["fake-model0"]["1"]  # the oracle edits all n precisely, the null none
+    assert (test["a"], test["b"], test["n"], test["only_a"], test["only_b"]) == ("fake-oracle", "fake-null", n, n, 0)
+    assert test["p_value"] == pytest.approx(2 / 2**n, rel=1e-3)
 
     results = _results(tmp_path)
     assert len(results) == 2 * len(items)
@@ -60,8 +68,10 @@ def test_known_answers_and_report(tmp_path, pm, model):
     with Image.open(tmp_path / rec["edits"][1]["image"]) as im:
         assert im.size == (32, 32)
     report = (tmp_path / "report.md").read_text()
-    assert "| fake-model0 | fake-oracle | 1.00 | 1.00 | 1.00 |" in report
-    assert "| fake-oracle | 1.00 |\n| fake-null | 0.00 |" in report  # the method x model table of precise edits
+    assert "| fake-model0 | fake-oracle | 1.00 [0.72, 1.00] | 1.00 [0.72, 1.00] | 1.00 [0.72, 1.00] |" in report
+    # the method x model table of precise edits, and the paired test between the two
+    assert "| fake-oracle | 1.00 [0.72, 1.00] |\n| fake-null | 0.00 [0.00, 0.28] |" in report
+    assert "| fake-model0 | fake-oracle | fake-null | 10 | 1.00 | 0.00 | 1.00 | 10 | 0 | 0.00195 |" in report
     for plot in summary["plots"]:
         with Image.open(tmp_path / plot) as im:
             assert im.format == "PNG" and im.width > 100

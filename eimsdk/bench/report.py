@@ -8,6 +8,10 @@ Rates are over every unit at a strength (a unit that failed counts as a failed e
 - the means of what the configured edit metrics return (one column per key, e.g. ``psnr_outside``); costs are
   means per unit.
 
+Every rate carries a 95% Wilson interval (``*_ci``), and every pair of methods run on the same tasks with the same
+model is compared at each strength by an exact McNemar test on precise edits (``paired``;
+:mod:`eimsdk.bench.stats`).
+
 The reader-based disentanglement uses the reference strength (the one closest to 1): ``M_ij`` is the fraction
 of edits along attribute ``i`` that changed reader ``j`` (:mod:`eimsdk.metrics.disentanglement`).
 """
@@ -20,6 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from eimsdk.bench.stats import paired_tests, rate_interval
 from eimsdk.records import atomic_write, atomic_write_text
 
 def reference_strength(strengths: Sequence[float]) -> float:
@@ -85,11 +90,15 @@ def summarize(results: list[dict[str, Any]], strengths: Sequence[float],
             for s in strengths:
                 edits = [_edit_at(r, s) or {"success": False, "preserved_all": False, "error": r.get("error")}
                          for r in recs]
+                precise = [None if e.get("success") is None else bool(e.get("success")) and bool(e.get("preserved_all"))
+                           for e in edits]
                 row = {
                     "success": _mean([e.get("success") for e in edits]),
                     "preserved": _mean([e.get("preserved_all") for e in edits]),
-                    "precise": _mean([None if e.get("success") is None else
-                                      bool(e.get("success")) and bool(e.get("preserved_all")) for e in edits]),
+                    "precise": _mean(precise),
+                    "success_ci": rate_interval(e.get("success") for e in edits),
+                    "preserved_ci": rate_interval(e.get("preserved_all") for e in edits),
+                    "precise_ci": rate_interval(precise),
                     "metrics": {k: v for k in metric_keys
                                 if (v := _mean([e.get("metrics", {}).get(k) for e in edits])) is not None},
                     "apply_model_evals": _mean([e.get("cost", {}).get("model_evals") for e in edits]),
@@ -106,7 +115,9 @@ def summarize(results: list[dict[str, Any]], strengths: Sequence[float],
                          if r["attribute"] == a]
                 if edits:
                     entry["by_attribute"][a] = {"n": len(edits), "success": _mean([e.get("success") for e in edits]),
-                                                "preserved": _mean([e.get("preserved_all") for e in edits])}
+                                                "preserved": _mean([e.get("preserved_all") for e in edits]),
+                                                "success_ci": rate_interval(e.get("success") for e in edits),
+                                                "preserved_ci": rate_interval(e.get("preserved_all") for e in edits)}
             changes = [(r["attribute"], _edit_at(r, ref)["changes"]) for r in recs if _edit_at(r, ref)]
             if changes:
                 rows = [a for a in attributes if any(c[0] == a for c in changes)]
@@ -117,9 +128,23 @@ def summarize(results: list[dict[str, Any]], strengths: Sequence[float],
             if kinds:
                 entry["by_kind"] = by_kind(recs, ref, kinds)
             table[model][method] = entry
+    paired = {model: {f"{s:g}": paired_tests({method: _precise_by_item(results, model, method, s) for method in methods
+                                               if table[model].get(method)}) for s in strengths} for model in models}
     return {"reference_strength": ref, "strengths": list(strengths), "models": models, "methods": methods,
             "attributes": attributes, "metrics": metric_keys, "items": len({r["id"] for r in results}),
-            "table": table}
+            "table": table, "paired": paired}
+
+
+def _precise_by_item(results: list[dict[str, Any]], model: str, method: str, strength: float) -> dict[str, bool]:
+    """Item id -> whether the edit at ``strength`` was precise (a failed unit or a missing edit is not)."""
+    from eimsdk.bench.runner import model_label
+
+    out = {}
+    for r in results:
+        if model_label(r["model"]) == model and r["method"] == method:
+            e = _edit_at(r, strength) or {}
+            out[r["id"]] = bool(e.get("success")) and bool(e.get("preserved_all"))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ markdown
@@ -129,6 +154,12 @@ def _fmt(v: Any, digits: int = 2) -> str:
     if isinstance(v, float):
         return f"{v:.{digits}f}"
     return str(v)
+
+
+def _rate(row: dict[str, Any], key: str) -> str:
+    """A rate with its interval: ``0.68 [0.61, 0.74]``."""
+    ci = row.get(f"{key}_ci")
+    return _fmt(row.get(key)) + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
 
 
 def command_line(config: Any) -> str:
@@ -155,10 +186,11 @@ def markdown(summary: dict[str, Any], config: Any, plots: list[str]) -> str:
         f"strengths {', '.join(f'{s:g}' for s in summary['strengths'])}; tables at strength {ref}.", "",
         f"Regenerate: `{command_line(config)}`", "",
         f"## Precise edits: success and every other attribute preserved (method x model, strength {ref})", "",
+        "Rates with their 95% Wilson intervals.", "",
         "| method | " + " | ".join(summary["models"]) + " |", "|---|" + "---|" * len(summary["models"]),
     ]
     for method in summary["methods"]:
-        cells = [_fmt(summary["table"][m].get(method, {}).get("by_strength", {}).get(ref, {}).get("precise"))
+        cells = [_rate(summary["table"][m].get(method, {}).get("by_strength", {}).get(ref, {}), "precise")
                  for m in summary["models"]]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += [
@@ -171,10 +203,18 @@ def markdown(summary: dict[str, Any], config: Any, plots: list[str]) -> str:
         for method, e in methods.items():
             r = e["by_strength"].get(ref, {})
             scores = "".join(f"{_fmt(r.get('metrics', {}).get(k), 3)} | " for k in summary["metrics"])
-            lines.append(f"| {model} | {method} | {_fmt(r.get('success'))} | {_fmt(r.get('preserved'))} | "
-                         f"{_fmt(r.get('precise'))} | {scores}"
+            lines.append(f"| {model} | {method} | {_rate(r, 'success')} | {_rate(r, 'preserved')} | "
+                         f"{_rate(r, 'precise')} | {scores}"
                          f"{_fmt(e.get('find_model_evals'), 0)} | {_fmt(e.get('find_seconds'))} | "
                          f"{_fmt(r.get('apply_model_evals'), 0)} | {_fmt(r.get('apply_seconds'))} | {e['errors']} |")
+    lines += ["", f"## Paired tests (precise edits, strength {ref})", "",
+              "Exact two-sided McNemar test on the tasks both methods ran: `a only` / `b only` count the tasks only "
+              "one of them edited precisely. Claim a difference only where p < 0.05.", "",
+              "| model | a | b | n | rate a | rate b | a - b | a only | b only | p |", "|---" * 10 + "|"]
+    for model, by_strength in summary.get("paired", {}).items():
+        for t in by_strength.get(ref, []):
+            lines.append(f"| {model} | {t['a']} | {t['b']} | {t['n']} | {_fmt(t['rate_a'])} | {_fmt(t['rate_b'])} | "
+                         f"{_fmt(t['difference'])} | {t['only_a']} | {t['only_b']} | {t['p_value']:.3g} |")
     lines += ["", "## Disentanglement", "",
               "Reader-based D (DCI-style, 1 = each edit moves one reader) and its targeted share (mean p_ii); "
               "reader-free S (1 - mean |cos| of attribute responses) when computed.", "",

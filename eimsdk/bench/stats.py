@@ -1,0 +1,72 @@
+"""Statistics of benchmark reports: Wilson score intervals on rates, exact McNemar tests between paired methods.
+
+Every rate in a report is a proportion of edit tasks, so it carries a Wilson score interval (Wilson, 1927; the
+interval Newcombe, 1998, recommends over the Wald interval for small counts and rates near 0 or 1). Two methods
+run on the same tasks are compared by the exact two-sided McNemar test: only the discordant tasks (one method
+succeeds, the other fails) carry information, and under the null hypothesis each discordant task is a fair coin,
+so the test is a two-sided sign test on ``b`` successes of one method out of ``b + c`` discordant tasks.
+"""
+
+from __future__ import annotations
+
+import math
+from itertools import combinations
+from statistics import NormalDist
+from typing import Any, Iterable, Mapping
+
+CONFIDENCE = 0.95
+
+
+def wilson_interval(successes: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``successes / n``; ``(0, 1)`` when ``n = 0``."""
+    if n < 0 or not 0 <= successes <= n:
+        raise ValueError(f"need 0 <= successes <= n, got successes={successes}, n={n}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    if n == 0:
+        return 0.0, 1.0
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """Exact two-sided McNemar p-value from the discordant counts: ``P(X <= min) * 2`` for ``X ~ Bin(b + c, 1/2)``."""
+    if only_a < 0 or only_b < 0:
+        raise ValueError(f"discordant counts must be non-negative, got {only_a} and {only_b}")
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def rate_interval(values: Iterable[Any], confidence: float = CONFIDENCE) -> list[float] | None:
+    """``[low, high]`` Wilson interval of the rate of true values (``None`` entries are left out), or None if empty."""
+    outcomes = [bool(v) for v in values if v is not None]
+    if not outcomes:
+        return None
+    low, high = wilson_interval(sum(outcomes), len(outcomes), confidence)
+    return [round(low, 4), round(high, 4)]
+
+
+def paired_test(a: Mapping[str, bool], b: Mapping[str, bool]) -> dict[str, Any]:
+    """McNemar test of two methods' outcomes per task, on the tasks both have."""
+    common = [k for k in a if k in b]
+    only_a = sum(bool(a[k]) and not b[k] for k in common)
+    only_b = sum(bool(b[k]) and not a[k] for k in common)
+    n = len(common)
+    rate_a = sum(bool(a[k]) for k in common) / n if n else None
+    rate_b = sum(bool(b[k]) for k in common) / n if n else None
+    return {"n": n, "only_a": only_a, "only_b": only_b,
+            "rate_a": None if rate_a is None else round(rate_a, 4),
+            "rate_b": None if rate_b is None else round(rate_b, 4),
+            "difference": None if n == 0 else round(rate_a - rate_b, 4),
+            "p_value": round(mcnemar_exact(only_a, only_b), 6)}
+
+
+def paired_tests(outcomes: Mapping[str, Mapping[str, bool]]) -> list[dict[str, Any]]:
+    """A McNemar test for every pair of methods: ``outcomes`` is method -> task id -> outcome (e.g. precise)."""
+    return [{"a": a, "b": b, **paired_test(outcomes[a], outcomes[b])} for a, b in combinations(outcomes, 2)]
