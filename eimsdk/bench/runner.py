@@ -40,7 +40,8 @@ RESULT_VERSION = 2
 class BenchConfig(BaseModel):
     """What to run. ``methods`` are finder names with optional overrides: ``hsds``, ``hsds:lam=0.1,t_edit=0.6``.
 
-    An override goes to the manipulator when the manipulator's config has that field, else to the finder.
+    An override goes to the manipulator when the manipulator's config has that field, else to the finder;
+    ``manipulator=NAME`` gives the method a manipulator of its own (``flowedit:manipulator=flowedit``).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -81,6 +82,7 @@ class MethodSpec:
     finder: str
     finder_config: dict[str, Any]
     manipulator_config: dict[str, Any]
+    manipulator: str | None = None  # None: the run's manipulator
 
     @property
     def slug(self) -> str:
@@ -110,9 +112,11 @@ def parse_named(spec: str, what: str) -> tuple[str, dict[str, Any]]:
 def parse_method(spec: str, manipulator_fields: Sequence[str] = ()) -> MethodSpec:
     """A ``--methods`` entry; an override goes to the manipulator when its config has that field."""
     name, settings = parse_named(spec, "method")
+    manipulator = settings.pop("manipulator", None)
     manip_cfg = {k: v for k, v in settings.items() if k in manipulator_fields}
     finder_cfg = {k: v for k, v in settings.items() if k not in manipulator_fields}
-    return MethodSpec(label=spec, finder=name, finder_config=finder_cfg, manipulator_config=manip_cfg)
+    return MethodSpec(label=spec, finder=name, finder_config=finder_cfg, manipulator_config=manip_cfg,
+                      manipulator=manipulator)
 
 
 def item_seed(item_id: str, offset: int = 0) -> int:
@@ -258,16 +262,15 @@ class Runner:
         self.out = Path(out)
         self.pm = plugin_manager or get_plugin_manager()
         self.progress = progress
-        manipulator_cls = self.pm.load("manipulator", self.config.manipulator)
-        self.methods = [self._route(parse_method(m), manipulator_cls) for m in self.config.methods]
+        self.methods = [self._route(parse_method(m)) for m in self.config.methods]
         for what, names in (("methods", [m.slug for m in self.methods]),
                             ("models", [model_label(m) for m in self.config.models])):
             if len(set(names)) != len(names):
                 raise InputError(f"{what} give duplicate folder names {names}; make them distinct")
         for m in self.methods:  # validate names and overrides before any model loads
             self._build("finder", m.finder, m.finder_config, f"method {m.label!r}")
-            self._build("manipulator", self.config.manipulator,
-                        {**self.config.manipulator_config, **m.manipulator_config}, f"method {m.label!r}")
+            manipulator, shared = self._manipulator_of(m)
+            self._build("manipulator", manipulator, {**shared, **m.manipulator_config}, f"method {m.label!r}")
         check_device(self.config.device, "--device")
         self.reader = self._reader()
         for item in self.items:
@@ -277,12 +280,13 @@ class Runner:
                         for spec in self.config.metrics]
 
     # ---------------------------------------------------------------------------------------------- setup
-    def _route(self, method: MethodSpec, manipulator_cls: type) -> MethodSpec:
-        """The method's overrides sent by field name to its finder or the manipulator (eimsdk.settings)."""
+    def _route(self, method: MethodSpec) -> MethodSpec:
+        """The method's overrides sent by field name to its finder or its manipulator (eimsdk.settings)."""
+        manipulator = self._manipulator_of(method)[0]
         finder_config, manipulator_config = route_settings(
-            method.finder_config, self.pm.load("finder", method.finder), manipulator_cls, finder=method.finder,
-            manipulator=self.config.manipulator)
-        return MethodSpec(method.label, method.finder, finder_config, manipulator_config)
+            method.finder_config, self.pm.load("finder", method.finder), self.pm.load("manipulator", manipulator),
+            finder=method.finder, manipulator=manipulator)
+        return MethodSpec(method.label, method.finder, finder_config, manipulator_config, method.manipulator)
 
     def _build(self, kind: str, name: str, settings: dict[str, Any], what: str):
         """The ``kind`` component ``name`` built with ``settings`` (and this rank's ``device`` when it takes one)."""
@@ -292,6 +296,11 @@ class Runner:
         if kind == "metric" and "device" in inspect.signature(cls).parameters:
             settings = {"device": self._device(), **settings}
         return make_component(cls, settings, f"{what}: invalid {kind}")
+
+    def _manipulator_of(self, method: MethodSpec) -> tuple[str, dict[str, Any]]:
+        """The manipulator a method uses and the run's settings it takes (those of the run's manipulator only)."""
+        name = method.manipulator or self.config.manipulator
+        return name, self.config.manipulator_config if name == self.config.manipulator else {}
 
     def _reader(self):
         reader = self.pm.load("reader", self.config.reader)(**self.config.reader_config)
@@ -371,8 +380,12 @@ class Runner:
         from eimsdk.editor import Editor
 
         loaded = Editor.from_pretrained(model, device=self._device(), dtype=self.config.dtype, plugin_manager=self.pm)
-        editor = Editor(loaded.encoder, plugin_manager=self.pm, manipulator=self.config.manipulator,
-                        manipulator_config=self.config.manipulator_config)
+        editors = {}  # one per manipulator the methods use (flowedit:manipulator=flowedit has its own)
+        for _, method in units:
+            name, shared = self._manipulator_of(method)
+            if name not in editors:
+                editors[name] = Editor(loaded.encoder, plugin_manager=self.pm, manipulator=name,
+                                       manipulator_config=shared)
         by_item: dict[str, list[MethodSpec]] = {}
         items = {}
         for item, method in units:
@@ -380,9 +393,9 @@ class Runner:
             items[item.id] = item
         for item_id, methods in by_item.items():
             item = items[item_id]
-            source = _Source(editor, item, self.config, self.reader, self.out, model)
+            source = _Source(next(iter(editors.values())), item, self.config, self.reader, self.out, model)
             for method in methods:
-                self._run_unit(editor, source, model, method)
+                self._run_unit(editors[self._manipulator_of(method)[0]], source, model, method)
                 if bar is not None:
                     bar.set_postfix_str(f"{model_label(model)} {method.label} {item.id}", refresh=False)
                     bar.update(1)
