@@ -44,8 +44,11 @@ def _jac(enc, t, cond, guidance, n):
     return enc.jacobian(t, null) + guidance * (enc.jacobian(t, cond.expand_to(n)) - enc.jacobian(t, null))
 
 
-def _closed_form(enc, latent, target, cfg, preserve=(), seed=0):
-    """argmin of the (exactly quadratic) HSDS loss by a dense solve, with the finder's own samples."""
+def _closed_form(enc, latent, target, cfg, preserve=(), seed=0, curvature_rows=None):
+    """argmin of the (exactly quadratic) HSDS loss by a dense solve, with the finder's own samples.
+
+    ``curvature_rows``: build ``J^T J`` from these rows only, their weights scaled up to the full sum's.
+    """
     s = draw_samples(enc, latent, cfg, seed)
     n, g = s.t.shape[0], cfg.guidance_scale
     dc = text_direction(enc, latent.prompts, [target])
@@ -54,7 +57,9 @@ def _closed_form(enc, latent, target, cfg, preserve=(), seed=0):
     r = _eps(enc, s.z_t, s.t, edit, g) - _eps(enc, s.z_t, s.t, s.cond, g)  # (N, D)
     j_edit = _jac(enc, s.t, edit, g, n)  # (N, D, D)
     total = float((w * a**2).sum())
-    lhs = torch.einsum("k,kji,kjl->il", w * a**2, j_edit, j_edit) + cfg.lam * total * torch.eye(r.shape[1],
+    rows = torch.arange(n) if curvature_rows is None else torch.as_tensor(curvature_rows)
+    w_curv = w[rows] * (w.sum() / w[rows].sum())
+    lhs = torch.einsum("k,kji,kjl->il", w_curv * a[rows] ** 2, j_edit[rows], j_edit[rows]) + cfg.lam * total * torch.eye(r.shape[1],
                                                                                                  dtype=torch.float64)
     for p in preserve:
         j_p = _jac(enc, s.t, enc.encode_prompts([p]), g, n)
@@ -220,3 +225,94 @@ def test_runs_on_every_tiny_backend(family, tiny_pipeline_path, scene_image):
                               num_timesteps=2, cg_iters=2, guidance_scale=2.0)
     assert d.dz.shape[0] == 1 and torch.isfinite(d.dz).all() and float(d.dz.abs().sum()) > 0
     assert d.meta["family"] == editor.encoder.family and d.meta["cost"]["jvps"] > 0
+
+
+# ------------------------------------------------------------------------------------------ estimator options
+def test_antithetic_samples_come_in_pairs_over_stratified_levels():
+    enc = GaussianEncoder(dtype=torch.float64)
+    latent = _latent(enc, ("a red circle", "a blue square"))
+    cfg = HSDSConfig(num_timesteps=6, antithetic=True, t_min=0.2, t_max=0.8)
+    s = draw_samples(enc, latent, cfg, seed=3)
+    t = s.t.reshape(2, 6)
+    assert torch.equal(t[:, 0::2], t[:, 1::2])  # a pair shares its noise level
+    edges = torch.tensor([0.2, 0.4, 0.6, 0.8])
+    for image in t[:, 0::2].double():  # one draw per third of the range
+        assert ((image >= edges[:-1] - 1e-6) & (image <= edges[1:] + 1e-6)).all()
+    eps = s.eps.reshape(2, 3, 2, -1)
+    assert torch.equal(eps[:, :, 0], -eps[:, :, 1])
+    with pytest.raises(pydantic.ValidationError, match="even"):
+        HSDSConfig(num_timesteps=5, antithetic=True)
+
+
+def test_antithetic_dds_cancels_the_noise_of_a_model_linear_in_z():
+    """eps_hat is affine in z_t on the Gaussian world, so a pair (eps, -eps) leaves the residual at z_t = a z0."""
+    enc = GaussianEncoder(dtype=torch.float64)
+    latent = _latent(enc)
+    cfg = dict(num_timesteps=4, antithetic=True, t_min=0.3, t_max=0.7)
+    target = "a circle"  # drops the colour word: the colour block's variance changes, so the residual sees eps
+    d = DDSFinder(**cfg).find(enc, latent, [target], seed=2)
+    s = draw_samples(enc, latent, DDSFinder(**cfg).config, 2)
+    clean = s.a * latent.z0  # every row's z_t without its noise
+    edit = s.cond + text_direction(enc, latent.prompts, [target])
+    r = enc.predict_eps(clean, s.t, edit) - enc.predict_eps(clean, s.t, s.cond)
+    expected = -(s.w * s.a * r).sum(0, keepdim=True) / float((s.w * s.a**2).sum())
+    torch.testing.assert_close(d.dz, expected, atol=1e-12, rtol=1e-10)
+    plain = DDSFinder(num_timesteps=4, t_min=0.3, t_max=0.7).find(enc, latent, [target], seed=2)
+    assert float((plain.dz - expected).norm()) > 1e-3  # without pairs the noise does not cancel
+
+
+def test_curvature_from_a_subset_equals_its_closed_form():
+    enc = GaussianEncoder(cov_rank=2, dtype=torch.float64)
+    latent = _latent(enc)
+    finder = HSDSFinder(num_timesteps=6, curvature_samples=2, lam=0.05, t_min=0.2, t_max=0.8, **EXACT)
+    d = finder.find(enc, latent, ["a blue circle"], seed=5)
+    expected = _closed_form(enc, latent, "a blue circle", finder.config, seed=5, curvature_rows=[0, 3])
+    torch.testing.assert_close(d.dz, expected, atol=1e-7, rtol=1e-6)
+    full = HSDSFinder(num_timesteps=6, lam=0.05, t_min=0.2, t_max=0.8, cg_iters=3, cg_tol=0.0)
+    part = HSDSFinder(num_timesteps=6, lam=0.05, t_min=0.2, t_max=0.8, cg_iters=3, cg_tol=0.0, curvature_samples=2)
+    jvps = [f.find(enc, latent, ["a blue circle"], seed=5).meta["cost"]["jvps"] for f in (full, part)]
+    assert jvps == [6 * 3, 2 * 3]  # one JVP per curvature row and CG iteration
+    same = HSDSFinder(num_timesteps=6, curvature_samples=6).find(enc, latent, ["a blue circle"], seed=5)
+    torch.testing.assert_close(same.dz, HSDSFinder(num_timesteps=6).find(enc, latent, ["a blue circle"], seed=5).dz)
+
+
+def test_trust_radius_caps_the_norm_and_keeps_the_direction():
+    enc = GaussianEncoder(dtype=torch.float64)
+    latent = _latent(enc)
+    free = HSDSFinder(num_timesteps=4).find(enc, latent, ["a blue circle"], seed=1)
+    dds = DDSFinder(num_timesteps=4, t_min=0.5, t_max=0.9).find(enc, latent, ["a blue circle"], seed=1)
+    ratio = float(free.dz.norm() / dds.dz.norm())
+    capped = HSDSFinder(num_timesteps=4, trust_radius=ratio / 2).find(enc, latent, ["a blue circle"], seed=1)
+    assert float(capped.dz.norm()) == pytest.approx(ratio / 2 * float(dds.dz.norm()), rel=1e-9)
+    torch.testing.assert_close(capped.dz * 2, free.dz)
+    loose = HSDSFinder(num_timesteps=4, trust_radius=ratio * 2).find(enc, latent, ["a blue circle"], seed=1)
+    assert torch.equal(loose.dz, free.dz)
+
+
+def test_locality_keeps_dz_where_the_dds_direction_is_large():
+    enc = GaussianEncoder(dtype=torch.float64)
+    latent = _latent(enc)
+    target = "a blue square"
+    free = HSDSFinder(num_timesteps=4).find(enc, latent, [target], seed=1).dz
+    dds = DDSFinder(num_timesteps=4, t_min=0.5, t_max=0.9).find(enc, latent, [target], seed=1).dz
+    local = HSDSFinder(num_timesteps=4, locality=1.0).find(enc, latent, [target], seed=1).dz
+    large = dds.abs() >= dds.pow(2).mean().sqrt()
+    assert large.any() and (~large).any()
+    torch.testing.assert_close(local[large], free[large])
+    assert (local[~large].abs() <= free[~large].abs() + 1e-15).all()
+    assert float(local[~large].abs().sum()) < float(free[~large].abs().sum())
+
+
+def test_line_search_keeps_the_exact_step_on_a_quadratic_loss():
+    """L is exactly quadratic on the Gaussian world, so a converged Gauss-Newton step is best at scale 1."""
+    enc = GaussianEncoder(dtype=torch.float64)
+    latent = _latent(enc)
+    plain = HSDSFinder(num_timesteps=3, lam=0.05, **EXACT).find(enc, latent, ["a blue circle"], seed=2)
+    searched = HSDSFinder(num_timesteps=3, lam=0.05, line_search=True, **EXACT).find(enc, latent, ["a blue circle"],
+                                                                                     seed=2)
+    assert searched.meta["line_search"] == [1.0]
+    torch.testing.assert_close(searched.dz, plain.dz)
+    assert searched.meta["cost"]["forwards"] - plain.meta["cost"]["forwards"] == 3 * 3  # one per row and scale
+    two = HSDSFinder(num_timesteps=3, lam=0.05, gn_steps=2, line_search=True, cg_iters=1).find(
+        enc, latent, ["a blue circle"], seed=2)
+    assert len(two.meta["line_search"]) == 2 and set(two.meta["line_search"]) <= {1.0, 0.5, 0.25}

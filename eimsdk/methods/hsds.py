@@ -53,11 +53,14 @@ class SamplingConfig(BaseModel):
     guidance_scale: float = Field(1.0, ge=0.0, le=30.0, description="classifier-free guidance of the predictions f")
     max_batch: int | None = Field(None, ge=1, description="rows per model call (None: all rows in one call)")
     seed: int | None = Field(None, ge=0, description="seed of t_k and eps_k; None uses find()'s seed argument")
+    antithetic: bool = Field(False, description="draw noise in pairs (eps, -eps) at one t; num_timesteps must be even")
 
     @model_validator(mode="after")
     def _range(self) -> "SamplingConfig":
         if self.t_min >= self.t_max:
             raise ValueError(f"t_min ({self.t_min}) must be below t_max ({self.t_max})")
+        if self.antithetic and self.num_timesteps % 2:
+            raise ValueError(f"antithetic noise comes in pairs: num_timesteps ({self.num_timesteps}) must be even")
         return self
 
 
@@ -87,6 +90,16 @@ class HSDSConfig(SamplingConfig):
         "auto", description="keep each chunk's first-order graph for all VJPs, or rebuild it per VJP")
     checkpointing: Literal["auto", True, False] = Field(
         "auto", description="the transformer's gradient checkpointing in the VJP graphs")
+    curvature_samples: int | None = Field(
+        None, ge=1, le=256, description="noise samples per image in J^T J (spread over the K; None: all K); the "
+        "gradient J^T r always uses all K")
+    line_search: bool = Field(False, description="scale each Gauss-Newton step by the best of 1, 1/2, 1/4 on the "
+                              "sampled objective L (costs one forward per row and scale)")
+    trust_radius: float | None = Field(
+        None, gt=0.0, le=1e6, description="cap ||dz|| at this multiple of the DDS direction's norm (None: no cap)")
+    locality: float = Field(
+        0.0, ge=0.0, le=1e6, description="keep dz where |DDS direction| >= locality x its RMS and shrink it in "
+        "proportion elsewhere (0: off); the DDS direction is the model's own residual, no mask is read")
 
 
 @dataclass
@@ -105,11 +118,16 @@ def draw_samples(encoder: Encoder, latent: JointLatent, config: SamplingConfig, 
     """Stratified ``t_k`` in ``[t_min, t_max]`` and ``eps_k ~ N(0, I)`` per image, from a CPU generator (portable)."""
     z0 = latent.z0
     b, k = z0.shape[0], config.num_timesteps
+    draws = k // 2 if config.antithetic else k  # independent (t, eps) draws per image
     g = torch.Generator("cpu").manual_seed(seed)
-    u = torch.rand(b, k, generator=g, dtype=torch.float64)
-    t = config.t_min + (config.t_max - config.t_min) * (torch.arange(k, dtype=torch.float64) + u) / k  # (B, K)
+    u = torch.rand(b, draws, generator=g, dtype=torch.float64)
+    t = config.t_min + (config.t_max - config.t_min) * (torch.arange(draws, dtype=torch.float64) + u) / draws
+    eps = torch.randn((b * draws, *z0.shape[1:]), generator=g, dtype=torch.float32)  # (B * draws, ...)
+    if config.antithetic:  # rows 2j and 2j + 1 of an image: the same t, noise eps and -eps
+        t = t.repeat_interleave(2, dim=1)
+        eps = torch.stack([eps, -eps], dim=1).flatten(0, 1)
     t = t.flatten().to(torch.float32).to(z0.device)  # (N,)
-    eps = torch.randn((b * k, *z0.shape[1:]), generator=g, dtype=torch.float32).to(z0)  # (N, ...)
+    eps = eps.to(z0)  # (N, ...)
     rows = torch.arange(b, device=z0.device).repeat_interleave(k)  # (N,) image of each row
     z0_rows = z0[rows]
     work = torch.promote_types(z0.dtype, torch.float32)
@@ -244,8 +262,9 @@ class HSDSFinder(ScoreFinder):
         rows_a = s.a.repeat(1 + p, *([1] * (s.a.ndim - 1)))  # (R, 1, ...)
         rows_w = torch.cat([s.w] + [cfg.mu * s.w] * p)  # (R, 1, ...)
         damping = cfg.lam * sum_weights(s)  # lam S
+        curv = _curvature_rows(s.t.shape[0] // latent.z0.shape[0], cfg.curvature_samples, latent.z0.shape[0], 1 + p)
         dz = torch.zeros((1, *s.z_t.shape[1:]), dtype=work, device=s.z_t.device)
-        targets, cg_log = None, []
+        targets, dds, cg_log, scales = None, None, [], []
         for step in range(cfg.gn_steps):
             z_rows = (s.z_t.to(work) + s.a * dz).to(s.z_t.dtype).repeat(1 + p, *([1] * (dz.ndim - 1)))  # (R, ...)
             if cfg.curvature == "identity":
@@ -256,15 +275,22 @@ class HSDSFinder(ScoreFinder):
             if targets is None:  # preserve rows are compared with their own prediction at dz = 0
                 targets = torch.cat([base, eps[n:]])
             resid = eps - targets  # (R, ...) r: the DDS residual on the edit rows at dz = 0
+            if dds is None:
+                dds = -(s.w * s.a * resid[:n]).sum(0, keepdim=True) / sum_weights(s)
             if cfg.curvature == "identity":
                 grad = (rows_w * rows_a * resid).sum(0, keepdim=True) + damping * dz
                 update = -grad / (float((rows_w * rows_a**2).sum()) + damping)
             else:
                 grad = lin.vjp(rows_w * rows_a * resid).sum(0, keepdim=True) + damping * dz
+                if curv is not None:  # J^T J from a spread subset of the rows, reweighted to estimate the full sum
+                    del lin
+                    lin = _Linearized(encoder, z_rows[curv], rows_t[curv], rows_cond.map(lambda x: x[curv]), cfg)
+                curv_a = rows_a if curv is None else rows_a[curv]
+                curv_w = rows_w if curv is None else rows_w[curv] * (rows_w.sum() / rows_w[curv].sum())
 
                 def matvec(v: torch.Tensor) -> torch.Tensor:
-                    jv = lin.jvp(rows_a * v)  # (R, ...) J_k (a_k v)
-                    return lin.vjp(rows_w * rows_a * jv).sum(0, keepdim=True) + damping * v
+                    jv = lin.jvp(curv_a * v)  # (R, ...) J_k (a_k v)
+                    return lin.vjp(curv_w * curv_a * jv).sum(0, keepdim=True) + damping * v
 
                 result = conjugate_gradient(matvec, -grad, max_iter=cfg.cg_iters, tol=cfg.cg_tol)
                 update = result.x
@@ -273,8 +299,49 @@ class HSDSFinder(ScoreFinder):
             if not torch.isfinite(update).all():
                 raise NumericalError(f"HSDS Gauss-Newton step {step + 1} is NaN/Inf: raise lam (now {cfg.lam}), "
                                      f"lower guidance_scale (now {cfg.guidance_scale}) or compute in float32")
+            if cfg.line_search:
+                scale = self._best_scale(encoder, s, dz, update, rows_t, rows_cond, rows_w, targets, damping, p)
+                scales.append(scale)
+                update = scale * update
             dz = dz + update
-        return dz, {"timesteps": [round(float(x), 6) for x in s.t], "cg": cg_log}
+        dz = _localize(dz, dds, cfg)
+        info = {"timesteps": [round(float(x), 6) for x in s.t], "cg": cg_log}
+        return dz, {**info, "line_search": scales} if cfg.line_search else info
+
+    def _best_scale(self, encoder: Encoder, s: ScoreSamples, dz: torch.Tensor, update: torch.Tensor,
+                    rows_t: torch.Tensor, rows_cond: Conditioning, rows_w: torch.Tensor, targets: torch.Tensor,
+                    damping: float, p: int) -> float:
+        """The step scale among 1, 1/2, 1/4 with the lowest sampled objective ``L(dz + scale * update)``."""
+        losses = {}
+        for scale in (1.0, 0.5, 0.25):
+            trial = dz + scale * update
+            z_rows = (s.z_t.to(trial.dtype) + s.a * trial).to(s.z_t.dtype).repeat(1 + p, *([1] * (dz.ndim - 1)))
+            resid = predict(encoder, z_rows, rows_t, rows_cond, self.config) - targets
+            losses[scale] = float((rows_w * resid**2).sum()) + damping * float((trial**2).sum())
+        return min(losses, key=losses.get)
+
+
+def _curvature_rows(k: int, samples: int | None, images: int, blocks: int) -> torch.Tensor | None:
+    """Indices of the rows whose Jacobians form ``J^T J``: ``samples`` of each image's ``k``, spread over its
+    stratified noise levels, in every block of rows (edit and preserve prompts); None when all rows are used."""
+    if samples is None or samples >= k:
+        return None
+    per_image = torch.arange(samples) * k // samples  # (samples,) spread over the K strata
+    rows = (torch.arange(images)[:, None] * k + per_image).flatten()  # (images * samples,)
+    return (torch.arange(blocks)[:, None] * images * k + rows).flatten()
+
+
+def _localize(dz: torch.Tensor, dds: torch.Tensor, cfg: HSDSConfig) -> torch.Tensor:
+    """Apply ``locality`` (an element-wise weight from the DDS direction) and then the ``trust_radius`` cap."""
+    if cfg.locality > 0:
+        rms = dds.pow(2).mean().sqrt().clamp_min(1e-12)
+        dz = dz * (dds.abs() / (cfg.locality * rms)).clamp(max=1.0)
+    if cfg.trust_radius is not None:
+        limit = cfg.trust_radius * float(dds.norm())
+        norm = float(dz.norm())
+        if norm > limit:
+            dz = dz * (limit / norm)
+    return dz
 
 
 def _prompt_list(prompts: Sequence[str] | str, name: str, allow_empty: bool = False) -> list[str]:
