@@ -12,15 +12,13 @@ from eimsdk.methods.baselines import DDSFinder
 from eimsdk.methods.flowedit import FlowEditConfig, FlowEditFinder, FlowEditManipulator
 from eimsdk.methods.manipulate import LinearJointManipulator
 from eimsdk.testing.analytic import GaussianEncoder
+from test_methods_hsds import _latent
 
 
 @pytest.fixture
 def world():
     enc = GaussianEncoder(dtype=torch.float64)
-    g = torch.Generator().manual_seed(0)
-    cond = enc.encode_prompts(["a red circle"])
-    z0 = enc.mean(cond) + 0.5 * torch.randn(1, *enc.latent_shape, generator=g, dtype=torch.float64)
-    latent = enc.encode(enc.decode_latents(z0), "a red circle")
+    latent = _latent(enc)
     shift = enc.mean(enc.encode_prompts(["a blue circle"])) - enc.mean(latent.cond)  # the exact edit
     return enc, latent, shift
 
