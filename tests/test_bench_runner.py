@@ -216,3 +216,17 @@ def test_real_backend_and_methods(tmp_path, pm, tiny_pipeline_path):
         assert strip_timing(text)["edits"][0]["read"] == strip_timing(hsds)["edits"][0]["read"]
         assert text["edits"][0]["metrics"]["psnr"] == hsds["edits"][0]["metrics"]["psnr"]
     assert set(summary["table"]["tiny-pixart0"]) == {"text", "hsds:num_timesteps=2,cg_iters=2"}
+
+
+def test_a_method_with_its_own_manipulator(tmp_path, pm, tiny_pipeline_path):
+    """flowedit:manipulator=flowedit runs next to methods of the run's manipulator, whose settings it does not get."""
+    items = clean_items(1)[:1]
+    flow = "flowedit:manipulator=flowedit,num_steps=4,n_max=3,target_guidance=1"
+    cfg = BenchConfig(models=[str(tiny_pipeline_path("pixart"))], methods=["text", flow], strengths=[0.0, 1.0],
+                      manipulator_config={"num_steps": 2})
+    Runner(items, cfg, tmp_path, plugin_manager=pm, progress=False).run()
+    by = {r["method"]: r for r in _results(tmp_path)}
+    assert not any("error" in r for r in by.values())
+    assert [e["cost"]["model_evals"] for e in by["text"]["edits"]] == [4, 4]  # linear: 2 + 2 steps
+    assert [e["cost"]["model_evals"] for e in by[flow]["edits"]] == [0, 6]  # FlowEdit: 2 per step, none at 0
+    assert by[flow]["edits"][0]["metrics"]["psnr"] > by["text"]["edits"][0]["metrics"]["psnr"]  # 0 is the source
