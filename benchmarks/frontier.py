@@ -28,7 +28,7 @@ def frontier_points(summaries: list[dict[str, Any]]) -> dict[str, list[dict[str,
                 evals = (entry.get("find_model_evals") or 0.0) + (row.get("apply_model_evals") or 0.0)
                 points.setdefault(model, []).append({
                     "method": method, "evals": evals, "precise": row["precise"], "ci": row.get("precise_ci"),
-                    "psnr_outside": row.get("psnr_outside"), "n": entry["n"]})
+                    "psnr_outside": row.get("metrics", row).get("psnr_outside"), "n": entry["n"]})
     for pts in points.values():
         pts.sort(key=lambda p: (p["evals"], -p["precise"]))
         best = -1.0

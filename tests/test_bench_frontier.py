@@ -21,7 +21,8 @@ def frontier():
 def _summary(rows):
     return {"reference_strength": 1.0, "table": {"toy": {
         name: {"n": 10, "find_model_evals": find, "by_strength": {"1": {"precise": precise, "apply_model_evals": apply,
-                                                                       "precise_ci": [0.1, 0.9]}}}
+                                                                       "precise_ci": [0.1, 0.9],
+                                                                       "metrics": {"psnr_outside": 40.0 + find}}}}
         for name, (find, apply, precise) in rows.items()}}}
 
 
@@ -37,4 +38,4 @@ def test_points_cost_find_plus_apply_and_mark_the_undominated(frontier, tmp_path
     frontier.plot({"toy": points}, tmp_path / "f.png")
     assert (tmp_path / "f.png").stat().st_size > 1000
     table = frontier.markdown_table({"toy": points})
-    assert "| toy | hsds | 120 | 0.75 [0.10, 0.90] | - |  |" in table
+    assert "| toy | hsds | 120 | 0.75 [0.10, 0.90] | 120.0 |  |" in table
