@@ -34,7 +34,7 @@ class FlowEditConfig(BaseModel):
     """FlowEdit's settings (the paper's names); they travel with the direction to the ``flowedit`` manipulator.
 
     Defaults tuned on 40 toy PixArt tasks of scene seed 1 (docs/benchmark.md): ``n_max`` 17 of 20 steps and target
-    guidance 3 edited all 40 precisely (n_max 14 unguided: 0.80; 11: 0.48; 8: 0.13).
+    guidance 3 edited all 40 precisely (n_max 14 unguided: 0.80; 11: 0.47; 8: 0.13).
     """
 
     model_config = ConfigDict(extra="forbid")
