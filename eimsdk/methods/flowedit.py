@@ -33,7 +33,7 @@ from eimsdk.records import Conditioning, Direction, JointLatent
 class FlowEditConfig(BaseModel):
     """FlowEdit's settings (the paper's names); they travel with the direction to the ``flowedit`` manipulator.
 
-    Defaults tuned on 40 toy PixArt tasks of scene seed 1 (docs/benchmark.md): ``n_max`` 17 of 20 steps and target
+    Defaults tuned on 40 toy PixArt tasks of scene seed 1 (docs/results/issue10/tuning.md): ``n_max`` 17 of 20, target
     guidance 3 edited all 40 precisely (n_max 14 unguided: 0.80; 11: 0.47; 8: 0.13).
     """
 
