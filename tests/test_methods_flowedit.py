@@ -74,7 +74,7 @@ def test_cost_is_two_predictions_per_step_and_draw(world):
 
 
 def test_flow_family_update_is_the_papers_with_the_native_velocity(tiny_pipeline_path, scene_image):
-    """One FlowEdit step on tiny SD3 equals Z + (t_next - t) (v(z_tar, c_tar) - v(z_src, c_src)), v the transformer's."""
+    """One step on tiny SD3 equals Z + (t_next - t) (v(z_tar, c_tar) - v(z_src, c_src)), v the transformer's."""
     enc = Editor.from_pretrained(tiny_pipeline_path("sd3")).encoder
     latent = enc.encode(scene_image, "a red circle")
     d = FlowEditFinder(num_steps=8, n_max=1, target_guidance=1.0).find(enc, latent, ["a blue circle"], seed=5)

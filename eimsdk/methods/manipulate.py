@@ -76,7 +76,8 @@ class LinearJointManipulator(Manipulator):
             if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength):
                 raise InputError(f"edits[{i}] strength must be a finite number (negative reverses), got {strength!r}")
             if "flowedit" in item[0].meta:
-                raise InputError(f"edits[{i}] is a FlowEdit direction, which only the 'flowedit' manipulator applies "
-                                 "(Editor(encoder, manipulator='flowedit'); in a benchmark, flowedit:manipulator=flowedit)")
+                raise InputError(f"edits[{i}] is a FlowEdit direction, which only the 'flowedit' manipulator "
+                                 "applies (Editor(encoder, manipulator='flowedit'); in a benchmark, "
+                                 "flowedit:manipulator=flowedit)")
             item[0].check_fits(encoder, latent.z0)
 
