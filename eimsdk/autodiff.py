@@ -126,7 +126,7 @@ class Linearization:
         self._released = True
 
     def _f(self, z: torch.Tensor) -> torch.Tensor:
-        return _guided(self.encoder, z, self._t, self._cond, self._scale, self._uncond)
+        return self.encoder.raw_eps(z, self._t, self._cond, guidance_scale=self._scale, uncond=self._uncond)
 
     @contextmanager
     def _graph_mode(self) -> Iterator[None]:
@@ -187,17 +187,6 @@ def gradient_checkpointing(encoder: Encoder, enable: bool) -> Iterator[None]:
     finally:
         if not was:
             model.disable_gradient_checkpointing()
-
-
-def _guided(encoder: Encoder, z: torch.Tensor, t: torch.Tensor, cond: Conditioning, guidance_scale: float,
-            uncond: Conditioning | None) -> torch.Tensor:
-    """Uncounted (guided) ``eps_hat``, one batched model call; the caller counts."""
-    if guidance_scale == 1.0:
-        return encoder._predict_eps(z, t, cond)
-    b = z.shape[0]
-    uncond = (uncond if uncond is not None else encoder.null_conditioning(b)).expand_to(b)
-    eps_u, eps_c = encoder._predict_eps(torch.cat([z, z]), torch.cat([t, t]), Conditioning.cat([uncond, cond])).chunk(2)
-    return eps_u + guidance_scale * (eps_c - eps_u)
 
 
 def jvp(encoder: Encoder, z_t: torch.Tensor, t: torch.Tensor | float, cond: Conditioning, v: torch.Tensor, *,

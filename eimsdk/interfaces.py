@@ -152,17 +152,23 @@ class Encoder(ABC):
         """``eps_hat(z_t, t, c)``, with classifier-free guidance when ``guidance_scale != 1``; counted."""
         return self._guided(self._predict_eps, z_t, t, cond, guidance_scale, uncond)
 
+    def raw_eps(self, z_t: torch.Tensor, t: torch.Tensor | float, cond: Conditioning, *,
+                guidance_scale: float = 1.0, uncond: Conditioning | None = None) -> torch.Tensor:
+        """:meth:`predict_eps` without counting, for callers that count evaluations themselves (``eimsdk.autodiff``)."""
+        return self._guided(self._predict_eps, z_t, t, cond, guidance_scale, uncond, count=False)
+
     def _guided(self, predict: Any, z_t: torch.Tensor, t: torch.Tensor | float, cond: Conditioning,
-                guidance_scale: float, uncond: Conditioning | None) -> torch.Tensor:
-        """``predict(z_t, t, cond)`` counted, with guidance batched as one call over (uncond, cond) when asked."""
+                guidance_scale: float, uncond: Conditioning | None, *, count: bool = True) -> torch.Tensor:
+        """``predict(z_t, t, cond)`` (counted unless ``count=False``), with guidance batched as one call over
+        (uncond, cond) when asked."""
         b = z_t.shape[0]
         t = self._as_t(t, b, z_t)
         cond = cond.expand_to(b)
         if guidance_scale == 1.0:
-            self.counter.forwards += b
+            self.counter.forwards += b if count else 0
             return predict(z_t, t, cond)
         uncond = (uncond if uncond is not None else self.null_conditioning(b)).expand_to(b)
-        self.counter.forwards += 2 * b
+        self.counter.forwards += 2 * b if count else 0
         both = predict(torch.cat([z_t, z_t]), torch.cat([t, t]), Conditioning.cat([uncond, cond]))
         return classifier_free_guidance(*both.chunk(2), guidance_scale)
 
