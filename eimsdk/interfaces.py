@@ -370,16 +370,20 @@ def _progress(items: list, enabled: bool, desc: str):
     return tqdm(items, desc=desc, leave=False)
 
 
-class DirectionFinder(ABC):
-    """Identifies an editing direction ``d = (dz, dc)`` from prompts, through the Encoder interface only."""
+class _Configured(ABC):
+    """A named component with a pydantic ``Config``; ``__init__`` validates keyword overrides against it."""
 
     name: ClassVar[str] = ""
-    #: pydantic config class with bounded fields; ``__init__`` validates keyword overrides against it.
+    #: pydantic config class with bounded fields.
     Config: ClassVar[type["BaseModel"]]
 
     def __init__(self, config: "BaseModel | None" = None, **overrides: Any) -> None:
         base = config if config is not None else self.Config()
         self.config = self.Config.model_validate({**base.model_dump(), **overrides})
+
+
+class DirectionFinder(_Configured):
+    """Identifies an editing direction ``d = (dz, dc)`` from prompts, through the Encoder interface only."""
 
     @abstractmethod
     def find(self, encoder: Encoder, latent: JointLatent, target_prompts: Sequence[str], *,
@@ -391,15 +395,8 @@ class DirectionFinder(ABC):
         """
 
 
-class Manipulator(ABC):
+class Manipulator(_Configured):
     """Applies directions with strengths to a joint latent and returns edited clean latents."""
-
-    name: ClassVar[str] = ""
-    Config: ClassVar[type["BaseModel"]]
-
-    def __init__(self, config: "BaseModel | None" = None, **overrides: Any) -> None:
-        base = config if config is not None else self.Config()
-        self.config = self.Config.model_validate({**base.model_dump(), **overrides})
 
     @abstractmethod
     def apply(self, encoder: Encoder, latent: JointLatent, edits: Sequence[tuple[Direction, float]]) -> torch.Tensor:

@@ -22,7 +22,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from eimsdk.interfaces import Encoder
-from eimsdk.methods.hsds import SamplingConfig, ScoreFinder, draw_samples, predict, sum_weights
+from eimsdk.methods.hsds import SamplingConfig, ScoreFinder, ScoreSamples, draw_samples, predict, sum_weights
 from eimsdk.records import Conditioning, JointLatent
 
 
@@ -72,8 +72,7 @@ class SDSFinder(ScoreFinder):
                    seed: int) -> tuple[torch.Tensor, dict[str, Any]]:
         s = draw_samples(encoder, latent, self.config, seed)
         resid = predict(encoder, s.z_t, s.t, s.cond + dc, self.config) - s.eps.to(s.a.dtype)  # (N, ...)
-        dz = -(s.w * s.a * resid).sum(0, keepdim=True) / sum_weights(s)
-        return dz, {"timesteps": [round(float(x), 6) for x in s.t]}
+        return first_order_direction(s, resid)
 
 
 class DDSFinder(ScoreFinder):
@@ -88,6 +87,10 @@ class DDSFinder(ScoreFinder):
         n = s.z_t.shape[0]
         both = predict(encoder, torch.cat([s.z_t, s.z_t]), torch.cat([s.t, s.t]),
                        Conditioning.cat([s.cond + dc, s.cond]), self.config)  # (2N, ...) one batched call
-        resid = both[:n] - both[n:]
-        dz = -(s.w * s.a * resid).sum(0, keepdim=True) / sum_weights(s)
-        return dz, {"timesteps": [round(float(x), 6) for x in s.t]}
+        return first_order_direction(s, both[:n] - both[n:])
+
+
+def first_order_direction(s: ScoreSamples, resid: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+    """``dz = -sum_k w_k a_k r_k / sum_k w_k a_k^2`` for residuals ``r`` (N, ...), with the timesteps used."""
+    dz = -(s.w * s.a * resid).sum(0, keepdim=True) / sum_weights(s)
+    return dz, {"timesteps": [round(float(x), 6) for x in s.t]}
