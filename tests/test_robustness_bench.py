@@ -62,7 +62,10 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 90.0) -> None:
 
 
 def _units(out: Path) -> list[Path]:
-    return sorted((out / "items").rglob("*.json")) if (out / "items").exists() else []
+    """Finished unit files; a temp file a kill left behind mid-write is not one."""
+    if not (out / "items").exists():
+        return []
+    return sorted(p for p in (out / "items").rglob("*.json") if not re.match(TEMP_FILE_PATTERN, p.name))
 
 
 def test_kill_9_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path, model):
