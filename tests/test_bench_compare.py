@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from eimsdk.bench.compare import comparison_markdown, comparison_rows, load_run, main
+from eimsdk.bench.compare import comparison_markdown, comparison_rows, load_run, main, model_pairs, pairs_markdown
 from eimsdk.bench.report import summarize
 from eimsdk.errors import InputError
 
@@ -52,3 +52,26 @@ def test_stored_summary_alone_gives_matrix_intervals(tmp_path, capsys):
     assert "| leaky | hsds |" in capsys.readouterr().out
     with pytest.raises(InputError, match="summary.json"):
         load_run(tmp_path / "nothing")
+
+
+def test_model_pairs_test_precise_edits_and_d_on_shared_tasks(tmp_path, capsys):
+    clean, leaky = _results("clean", 0), _results("leaky", 5)
+    leaky[0]["edits"] = []  # a failed unit: not precise, and left out of D's shared tasks
+    runs = [(summarize(clean, [1.0]), clean), (summarize(leaky, [1.0]), leaky)]
+    (pair,) = model_pairs(runs, resamples=300)
+    assert (pair["method"], pair["a"], pair["b"]) == ("hsds", "clean", "leaky")
+    # clean is precise on all 20 tasks, leaky on 10: 10 discordant tasks all one way, p = 2 / 2**10
+    assert pair["precise"]["only_a"] == 10 and pair["precise"]["only_b"] == 0
+    assert pair["precise"]["p_value"] == pytest.approx(2 / 2**10, abs=1e-6)
+    assert pair["D"]["tasks"] == 19 and pair["D"]["difference"] > 0 and pair["D"]["low"] > 0
+    assert "| hsds | clean | leaky | 20 | 1.000 / 0.500 |" in pairs_markdown([pair])
+    assert model_pairs([(summarize(clean, [1.0]), None)]) == []  # a stored summary alone has no tasks to pair
+    with pytest.raises(InputError, match="two runs"):
+        model_pairs([runs[0], runs[0]])
+    for name, (summary, results) in zip(("a", "b"), runs):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps(summary))
+        (tmp_path / name / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results))
+    assert main([str(tmp_path / "a"), str(tmp_path / "b"), "--json", str(tmp_path / "t.json")]) == 0
+    assert "Paired tests between models" in capsys.readouterr().out
+    assert json.loads((tmp_path / "t.json").read_text())["pairs"][0]["precise"]["only_a"] == 10

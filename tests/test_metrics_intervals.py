@@ -7,7 +7,8 @@ import pytest
 
 from eimsdk.errors import InputError
 from eimsdk.metrics.disentanglement import ResponseMatrix, dci_disentanglement, matrix_from_changes
-from eimsdk.metrics.intervals import bootstrap_dci, bootstrap_dci_from_matrix, bootstrap_mean
+from eimsdk.metrics.intervals import (bootstrap_dci, bootstrap_dci_difference, bootstrap_dci_from_matrix,
+                                      bootstrap_mean)
 
 COLS = ["shape", "colour", "size"]
 
@@ -57,3 +58,28 @@ def test_clear_errors():
         bootstrap_mean([1.0, 2.0], level=1.5)
     with pytest.raises(InputError, match="non-empty"):
         bootstrap_mean([])
+
+
+def _by_id(tasks):
+    return {f"{row}-{k}": (row, change) for k, (row, change) in enumerate(tasks)}
+
+
+def test_paired_difference_separates_a_leak_and_not_a_twin():
+    clean, leaky = _by_id(_tasks(0, 30)), _by_id(_tasks(9, 30))
+    d_leaky = dci_disentanglement(matrix_from_changes(list(leaky.values()), COLS, COLS)).overall
+    res = bootstrap_dci_difference(clean, leaky, COLS, COLS, resamples=1000)
+    assert res["tasks"] == 90 and res["difference"] == pytest.approx(1.0 - d_leaky)
+    assert 0 < res["low"] < res["difference"] < res["high"] and res["p_value"] < 0.01
+    twin = bootstrap_dci_difference(leaky, dict(leaky), COLS, COLS, resamples=300)
+    assert twin["difference"] == 0.0 and twin["low"] == twin["high"] == 0.0 and twin["p_value"] == 1.0
+
+
+def test_paired_difference_uses_only_shared_tasks_and_checks_them():
+    clean, leaky = _by_id(_tasks(0, 10)), _by_id(_tasks(3, 10))
+    extra = {**leaky, "only-here": ("shape", {c: 1.0 for c in COLS})}
+    assert bootstrap_dci_difference(clean, extra, COLS, COLS, resamples=50)["tasks"] == 30
+    with pytest.raises(InputError, match="share no task"):
+        bootstrap_dci_difference(clean, {"x": ("shape", {c: 0.0 for c in COLS})}, COLS, COLS)
+    moved = {k: ("colour" if v[0] == "shape" else v[0], v[1]) for k, v in leaky.items()}
+    with pytest.raises(InputError, match="different attributes"):
+        bootstrap_dci_difference(clean, moved, COLS, COLS)

@@ -4,6 +4,8 @@ Per model and method: the reader-based ``D`` (:mod:`eimsdk.metrics.disentangleme
 tasks (from the run's per-task results; from a ``summary.json`` alone, the parametric interval of
 :func:`eimsdk.metrics.intervals.bootstrap_dci_from_matrix`), its mean targeted share, the reader-free ``S``
 (``--internal N``) with its interval over sources when the run kept per-source scores, and the precise-edit rate.
+Between every two models run with the same method on shared tasks (from per-task results), :func:`model_pairs`
+gives the paired tests: exact McNemar on precise edits and a paired bootstrap interval of ``D_a - D_b``.
 ``eimsdk bench`` writes it as ``OUT/comparison.md``; for finished runs or stored summaries::
 
     python -m eimsdk.bench.compare OUT_OR_SUMMARY [...] [--methods hsds text] [--json table.json]
@@ -60,6 +62,90 @@ def comparison_rows(summary: dict[str, Any], results: list[dict[str, Any]] | Non
     return rows
 
 
+def _task_records(results: list[dict[str, Any]], ref: float) -> dict[tuple[str, str], dict[str, dict[str, Any]]]:
+    """(model, method) -> task id -> the edit at the reference strength (``None`` when the unit failed)."""
+    from eimsdk.bench.runner import model_label
+
+    out: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    for r in results:
+        edit = next((e for e in r.get("edits", []) if e.get("strength") == ref), None)
+        out.setdefault((model_label(r["model"]), r["method"]), {})[r["id"]] = {"attribute": r["attribute"],
+                                                                               "edit": edit}
+    return out
+
+
+def model_pairs(runs: Sequence[tuple[dict[str, Any], list[dict[str, Any]] | None]],
+                methods: Sequence[str] | None = None, resamples: int = 2000) -> list[dict[str, Any]]:
+    """Paired tests between every two models that ran a method on shared tasks (runs without results are skipped).
+
+    ``precise``: exact McNemar test (:func:`eimsdk.bench.stats.paired_test`); a failed unit is not precise.
+    ``D``: paired bootstrap of the difference (:func:`eimsdk.metrics.intervals.bootstrap_dci_difference`) on the
+    shared tasks whose edits all ran. Runs must share the reference strength.
+    """
+    from itertools import combinations
+
+    from eimsdk.bench.stats import paired_test
+    from eimsdk.metrics.disentanglement import ResponseMatrix
+    from eimsdk.metrics.intervals import bootstrap_dci_difference
+
+    with_results = [(s, r) for s, r in runs if r is not None]
+    refs = {s["reference_strength"] for s, _ in with_results}
+    if len(refs) > 1:
+        raise InputError(f"the runs have different reference strengths {sorted(refs)}; pairs need the same one")
+    records: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    axes: dict[str, tuple[list[str], list[str]]] = {}
+    for summary, results in with_results:
+        for key, tasks in _task_records(results, summary["reference_strength"]).items():
+            if key in records:
+                raise InputError(f"model {key[0]!r} with method {key[1]!r} is in two runs; pass each once")
+            records[key] = tasks
+        for by_method in summary["table"].values():
+            for method, entry in by_method.items():
+                d = entry.get("disentanglement") or {}
+                if d.get("matrix") and method not in axes:
+                    m = ResponseMatrix.from_dict(d["matrix"])
+                    axes[method] = (list(m.rows), list(m.cols))
+    pairs = []
+    for method in dict.fromkeys(k[1] for k in records):
+        if methods and method not in methods:
+            continue
+        models = [k[0] for k in records if k[1] == method]
+        for ma, mb in combinations(models, 2):
+            ta, tb = records[(ma, method)], records[(mb, method)]
+            precise = {name: {k: bool(v["edit"] and v["edit"].get("success") and v["edit"].get("preserved_all"))
+                              for k, v in t.items()} for name, t in (("a", ta), ("b", tb))}
+            row: dict[str, Any] = {"method": method, "a": ma, "b": mb,
+                                   "precise": paired_test(precise["a"], precise["b"])}
+            if method in axes:
+                ok = [k for k in ta if k in tb and ta[k]["edit"] and tb[k]["edit"]
+                      and ta[k]["edit"].get("changes") and tb[k]["edit"].get("changes")]
+                try:
+                    row["D"] = bootstrap_dci_difference(
+                        {k: (ta[k]["attribute"], ta[k]["edit"]["changes"]) for k in ok},
+                        {k: (tb[k]["attribute"], tb[k]["edit"]["changes"]) for k in ok}, *axes[method],
+                        resamples=resamples)
+                except InputError as exc:
+                    row["D_error"] = str(exc)
+            pairs.append(row)
+    return pairs
+
+
+def pairs_markdown(pairs: list[dict[str, Any]]) -> str:
+    """The paired tests between models as a Markdown table (empty string when there are none)."""
+    if not pairs:
+        return ""
+    lines = ["| method | a | b | shared tasks | precise a / b | McNemar p | D a - b [95% interval] | bootstrap p |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in pairs:
+        pr, d = r["precise"], r.get("D")
+        dcell = f"{d['difference']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]" if d else "-"
+        pcell = f"{d['p_value']:.4f}" if d else "-"
+        rates = "-" if pr["rate_a"] is None else f"{pr['rate_a']:.3f} / {pr['rate_b']:.3f}"
+        lines.append(f"| {r['method']} | {r['a']} | {r['b']} | {pr['n']} | {rates} | {pr['p_value']:.4g} | "
+                     f"{dcell} | {pcell} |")
+    return "\n".join(lines) + "\n"
+
+
 def _cell(value: float | None, interval: Sequence[float] | None = None) -> str:
     if value is None:
         return "-"
@@ -96,13 +182,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--methods", nargs="+", help="only these method labels (default: all)")
     p.add_argument("--json", help="also write the rows to this JSON file")
     args = p.parse_args(argv)
-    rows = []
-    for run in args.runs:
-        summary, results = load_run(run)
-        rows += comparison_rows(summary, results, args.methods)
+    runs = [load_run(run) for run in args.runs]
+    rows = [row for summary, results in runs for row in comparison_rows(summary, results, args.methods)]
+    pairs = model_pairs(runs, args.methods)
     print(comparison_markdown(rows), end="")
+    if pairs:
+        print("\nPaired tests between models (shared tasks; claim a difference only where p < 0.05):\n")
+        print(pairs_markdown(pairs), end="")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps({"rows": rows, "pairs": pairs}, indent=2) + "\n")
     return 0
 
 

@@ -369,7 +369,10 @@ def write_report(out: str | Path, results: list[dict[str, Any]], config: Any,
     summary["plots"] = plots
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, sort_keys=True))
     atomic_write_text(out / "report.md", markdown(summary, config, plots))
-    from eimsdk.bench.compare import comparison_markdown, comparison_rows  # D and S with intervals
+    from eimsdk.bench.compare import comparison_markdown, comparison_rows, model_pairs, pairs_markdown
 
-    atomic_write_text(out / "comparison.md", comparison_markdown(comparison_rows(summary, results)))
+    pairs = pairs_markdown(model_pairs([(summary, results)]))  # between models, when the run has several
+    atomic_write_text(out / "comparison.md", comparison_markdown(comparison_rows(summary, results))
+                      + (f"\nPaired tests between models (claim a difference only where p < 0.05):\n\n{pairs}"
+                         if pairs else ""))
     return summary

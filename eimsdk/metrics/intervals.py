@@ -67,3 +67,40 @@ def bootstrap_mean(values: Sequence[float], *, resamples: int = 2000, level: flo
         raise InputError(f"values must be a non-empty list of numbers, got shape {x.shape}")
     rng = np.random.default_rng(seed)
     return _percentiles(x[rng.integers(len(x), size=(resamples, len(x)))].mean(axis=1), level)
+
+
+def bootstrap_dci_difference(a: Mapping[str, tuple[str, Mapping[str, float]]],
+                             b: Mapping[str, tuple[str, Mapping[str, float]]], rows: Sequence[str],
+                             cols: Sequence[str], *, resamples: int = 2000, level: float = 0.95,
+                             seed: int = 0) -> dict[str, float | int]:
+    """Paired bootstrap of ``D_a - D_b`` on the tasks both ran: task id -> ``(edited attribute, changes)``.
+
+    Each resample draws the shared task ids of every edited attribute with replacement and scores both models on
+    the *same* draw, so task difficulty cancels. Returns the difference on all shared tasks, its percentile
+    interval and a two-sided bootstrap p-value (twice the smaller share of resamples on either side of 0).
+    """
+    shared = [k for k in a if k in b]
+    if not shared:
+        raise InputError("the two runs share no task id; compare runs of the same manifest")
+    wrong = [k for k in shared if a[k][0] != b[k][0]]
+    if wrong:
+        raise InputError(f"task {wrong[0]!r} edits different attributes in the two runs; not the same manifest")
+    by_row = {r: [k for k in shared if a[k][0] == r] for r in rows}
+    empty = [r for r, ids in by_row.items() if not ids]
+    if empty:
+        raise InputError(f"rows {empty} have no shared tasks; every row needs at least one")
+    arrays = [(np.array([[a[k][1][c] for c in cols] for k in ids], dtype=np.float64),
+               np.array([[b[k][1][c] for c in cols] for k in ids], dtype=np.float64)) for ids in by_row.values()]
+
+    def score(draws: list[np.ndarray]) -> float:
+        da = np.stack([ta[d].mean(axis=0) for (ta, _), d in zip(arrays, draws)])
+        db = np.stack([tb[d].mean(axis=0) for (_, tb), d in zip(arrays, draws)])
+        return (dci_disentanglement(da, list(rows), list(cols)).overall
+                - dci_disentanglement(db, list(rows), list(cols)).overall)
+
+    estimate = score([np.arange(len(ta)) for ta, _ in arrays])
+    rng = np.random.default_rng(seed)
+    diffs = np.array([score([rng.integers(len(ta), size=len(ta)) for ta, _ in arrays]) for _ in range(resamples)])
+    lo, hi = _percentiles(diffs, level)
+    p = min(1.0, 2 * min(float(np.mean(diffs <= 0)), float(np.mean(diffs >= 0))))
+    return {"difference": float(estimate), "low": lo, "high": hi, "p_value": p, "tasks": len(shared)}
