@@ -75,3 +75,18 @@ def test_model_pairs_test_precise_edits_and_d_on_shared_tasks(tmp_path, capsys):
     assert main([str(tmp_path / "a"), str(tmp_path / "b"), "--json", str(tmp_path / "t.json")]) == 0
     assert "Paired tests between models" in capsys.readouterr().out
     assert json.loads((tmp_path / "t.json").read_text())["pairs"][0]["precise"]["only_a"] == 10
+
+
+def test_model_pairs_pair_s_by_source_id():
+    clean, leaky = _results("clean", 0), _results("leaky", 5)
+    s_clean = {"hsds": {"score": 0.8, "sources": 3, "per_source": [0.9, 0.8, 0.7], "source_ids": ["a", "b", "c"]}}
+    s_leaky = {"hsds": {"score": 0.6, "sources": 3, "per_source": [0.5, 0.7, 0.1], "source_ids": ["b", "a", "z"]}}
+    runs = [(summarize(clean, [1.0], internal={"clean": s_clean}), clean),
+            (summarize(leaky, [1.0], internal={"leaky": s_leaky}), leaky)]
+    (pair,) = model_pairs(runs, resamples=500)
+    # shared sources a (0.9 vs 0.7) and b (0.8 vs 0.5): differences 0.2 and 0.3, never below 0
+    assert pair["S"]["sources"] == 2 and pair["S"]["difference"] == pytest.approx(0.25)
+    assert 0.2 - 1e-9 <= pair["S"]["low"] <= pair["S"]["high"] <= 0.3 + 1e-9 and pair["S"]["p_value"] == 1 / 500  # the floor of a 500-draw bootstrap
+    del s_leaky["hsds"]["source_ids"]  # a run from before source ids were kept: not paired, not guessed
+    runs[1] = (summarize(leaky, [1.0], internal={"leaky": s_leaky}), leaky)
+    assert "S" not in model_pairs(runs, resamples=50)[0]

@@ -149,6 +149,8 @@ def test_internal_score_from_saved_directions(tmp_path, pm, model):
     assert internal["sources"] == 2 and sorted(internal["attributes"]) == sorted(items[0].expected | {
         i.attribute: 0 for i in items})
     assert 0.0 <= internal["score"] <= 1.0
+    assert internal["source_ids"] == list(dict.fromkeys(i.group_key for i in items))[:2]  # pairs sources across runs
+    assert len(internal["per_source"]) == 2
     assert (tmp_path / "internal.json").is_file()
 
 

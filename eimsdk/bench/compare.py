@@ -80,7 +80,8 @@ def model_pairs(runs: Sequence[tuple[dict[str, Any], list[dict[str, Any]] | None
 
     ``precise``: exact McNemar test (:func:`eimsdk.bench.stats.paired_test`); a failed unit is not precise.
     ``D``: paired bootstrap of the difference (:func:`eimsdk.metrics.intervals.bootstrap_dci_difference`) on the
-    shared tasks whose edits all ran. Runs must share the reference strength.
+    shared tasks whose edits all ran. ``S`` (when both runs kept per-source scores with their source ids): the mean
+    per-source difference with a bootstrap over shared sources. Runs must share the reference strength.
     """
     from itertools import combinations
 
@@ -94,7 +95,13 @@ def model_pairs(runs: Sequence[tuple[dict[str, Any], list[dict[str, Any]] | None
         raise InputError(f"the runs have different reference strengths {sorted(refs)}; pairs need the same one")
     records: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
     axes: dict[str, tuple[list[str], list[str]]] = {}
+    internal: dict[tuple[str, str], dict[str, float]] = {}  # per-source S, keyed by source id
     for summary, results in with_results:
+        for model, by_method in summary["table"].items():
+            for method, entry in by_method.items():
+                i = entry.get("internal") or {}
+                if i.get("per_source") and len(i.get("source_ids") or []) == len(i["per_source"]):
+                    internal[(model, method)] = dict(zip(i["source_ids"], i["per_source"]))
         for key, tasks in _task_records(results, summary["reference_strength"]).items():
             if key in records:
                 raise InputError(f"model {key[0]!r} with method {key[1]!r} is in two runs; pass each once")
@@ -126,23 +133,44 @@ def model_pairs(runs: Sequence[tuple[dict[str, Any], list[dict[str, Any]] | None
                         resamples=resamples)
                 except InputError as exc:
                     row["D_error"] = str(exc)
+            sa, sb = internal.get((ma, method)), internal.get((mb, method))
+            if sa and sb:
+                row["S"] = paired_mean_difference(sa, sb, resamples=resamples)
             pairs.append(row)
     return pairs
+
+
+def paired_mean_difference(a: dict[str, float], b: dict[str, float], *, resamples: int = 2000, level: float = 0.95,
+                           seed: int = 0) -> dict[str, float | int] | None:
+    """Mean of per-source ``S_a - S_b`` on the shared sources, with a bootstrap interval and two-sided p-value."""
+    from eimsdk.metrics.intervals import bootstrap_mean
+
+    shared = [k for k in a if k in b]
+    if not shared:
+        return None
+    diffs = np.array([a[k] - b[k] for k in shared])
+    lo, hi = bootstrap_mean(diffs, resamples=resamples, level=level, seed=seed)
+    rng = np.random.default_rng(seed)
+    means = diffs[rng.integers(len(diffs), size=(resamples, len(diffs)))].mean(axis=1)
+    p = min(1.0, max(1.0 / resamples, 2 * min(float(np.mean(means <= 0)), float(np.mean(means >= 0)))))
+    return {"difference": float(diffs.mean()), "low": lo, "high": hi, "p_value": p, "sources": len(shared)}
 
 
 def pairs_markdown(pairs: list[dict[str, Any]]) -> str:
     """The paired tests between models as a Markdown table (empty string when there are none)."""
     if not pairs:
         return ""
-    lines = ["| method | a | b | shared tasks | precise a / b | McNemar p | D a - b [95% interval] | bootstrap p |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | a | b | shared tasks | precise a / b | McNemar p | D a - b [95% interval] | p (D) "
+             "| S a - b [95% interval] | p (S) |", "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def diff(d: dict[str, Any] | None) -> str:
+        return f"{d['difference']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] | {d['p_value']:.4f}" if d else "- | -"
+
     for r in pairs:
-        pr, d = r["precise"], r.get("D")
-        dcell = f"{d['difference']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]" if d else "-"
-        pcell = f"{d['p_value']:.4f}" if d else "-"
+        pr = r["precise"]
         rates = "-" if pr["rate_a"] is None else f"{pr['rate_a']:.3f} / {pr['rate_b']:.3f}"
         lines.append(f"| {r['method']} | {r['a']} | {r['b']} | {pr['n']} | {rates} | {pr['p_value']:.4g} | "
-                     f"{dcell} | {pcell} |")
+                     f"{diff(r.get('D'))} | {diff(r.get('S'))} |")
     return "\n".join(lines) + "\n"
 
 

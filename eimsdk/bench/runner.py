@@ -514,7 +514,8 @@ class Runner:
                 except EimsdkError as exc:
                     out[model_label(model)][method.label] = {"error": str(exc)}
                     continue
-                out[model_label(model)][method.label] = {**res.as_dict(), "sources": len(chosen)}
+                out[model_label(model)][method.label] = {**res.as_dict(), "sources": len(chosen),
+                                                         "source_ids": [g[0].group_key for g in chosen]}
         return out
 
 

@@ -77,7 +77,8 @@ def bootstrap_dci_difference(a: Mapping[str, tuple[str, Mapping[str, float]]],
 
     Each resample draws the shared task ids of every edited attribute with replacement and scores both models on
     the *same* draw, so task difficulty cancels. Returns the difference on all shared tasks, its percentile
-    interval and a two-sided bootstrap p-value (twice the smaller share of resamples on either side of 0).
+    interval and a two-sided bootstrap p-value (twice the smaller share of resamples on either side of 0, at least
+    ``1 / resamples``).
     """
     shared = [k for k in a if k in b]
     if not shared:
@@ -102,5 +103,6 @@ def bootstrap_dci_difference(a: Mapping[str, tuple[str, Mapping[str, float]]],
     rng = np.random.default_rng(seed)
     diffs = np.array([score([rng.integers(len(ta), size=len(ta)) for ta, _ in arrays]) for _ in range(resamples)])
     lo, hi = _percentiles(diffs, level)
-    p = min(1.0, 2 * min(float(np.mean(diffs <= 0)), float(np.mean(diffs >= 0))))
+    # A bootstrap cannot resolve p below 1 / resamples: report that floor, not 0.
+    p = min(1.0, max(1.0 / resamples, 2 * min(float(np.mean(diffs <= 0)), float(np.mean(diffs >= 0)))))
     return {"difference": float(estimate), "low": lo, "high": hi, "p_value": p, "tasks": len(shared)}
