@@ -15,7 +15,7 @@ from eimsdk_toy.evaluate import evaluate_inversion, evaluate_sampling, load_pipe
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("family", ["pixart", "sd3", "flux"])
+@pytest.mark.parametrize("family", ["pixart", "sd3", "flux", "unet"])
 def test_shipped_model_follows_captions_and_inverts(family):
     path = default_model_path(family)
     pipe, loaded_family = load_pipeline(path)

@@ -82,7 +82,7 @@ def test_default_model_path_and_registered_models(tmp_path, monkeypatch):
     assert eimsdk_toy.default_model_path("sd3") == tmp_path / "sd3"
 
     pm = PluginManager()
-    assert {"toy-pixart", "toy-sd3", "toy-flux"} <= set(pm.components["model"])
+    assert {"toy-pixart", "toy-sd3", "toy-flux", "toy-unet"} <= set(pm.components["model"])
     assert resolve_model("toy-sd3", pm) == str(tmp_path / "sd3")
 
 

@@ -65,15 +65,12 @@ def test_evaluate_measures_generation_and_inversion_of_the_unet(unet_folder):
     assert markdown(report).startswith("| unet |")
 
 
-def test_toy_unet_is_registered_only_where_its_weights_exist(tmp_path, monkeypatch):
+def test_toy_unet_is_registered_and_says_how_to_train_when_its_weights_are_missing(tmp_path, monkeypatch):
     import eimsdk_toy
     from eimsdk.plugins import PluginManager
 
+    assert "toy-unet" in PluginManager().components["model"]
+    assert (eimsdk_toy.unet_model_path() / "unet" / "config.json").is_file()  # the shipped weights
     monkeypatch.setattr(eimsdk_toy, "WEIGHTS_DIR", tmp_path)
-    assert "toy-unet" not in PluginManager().components["model"]
     with pytest.raises(eimsdk_toy.ModelNotTrainedError, match="--family unet"):
         eimsdk_toy.unet_model_path()
-    (tmp_path / "unet").mkdir()
-    (tmp_path / "unet" / "model_index.json").write_text("{}")
-    assert "toy-unet" in PluginManager().components["model"]
-    assert eimsdk_toy.unet_model_path() == tmp_path / "unet"

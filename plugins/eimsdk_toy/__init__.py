@@ -97,8 +97,7 @@ def register_models(register):
     register("toy-pixart", "eimsdk_toy:default_model_path", description="toy PixArt-alpha trained on scenes")
     register("toy-sd3", "eimsdk_toy:sd3_model_path", description="toy Stable Diffusion 3 trained on scenes")
     register("toy-flux", "eimsdk_toy:flux_model_path", description="toy FLUX.1 (schnell-like) trained on scenes")
-    if (WEIGHTS_DIR / "unet" / "model_index.json").is_file():  # the name exists once trained weights ship
-        register("toy-unet", "eimsdk_toy:unet_model_path", description="toy Stable Diffusion UNet trained on scenes")
+    register("toy-unet", "eimsdk_toy:unet_model_path", description="toy Stable Diffusion UNet trained on scenes")
     register("toy2-pixart", "eimsdk_toy:toy2_pixart_path", description="toy PixArt-alpha trained on world 2")
     register("toy2-sd3", "eimsdk_toy:toy2_sd3_path", description="toy Stable Diffusion 3 trained on world 2")
     register("toy2-flux", "eimsdk_toy:toy2_flux_path", description="toy FLUX.1 (schnell-like) trained on world 2")
