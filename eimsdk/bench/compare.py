@@ -169,7 +169,8 @@ def pairs_markdown(pairs: list[dict[str, Any]]) -> str:
     for r in pairs:
         pr = r["precise"]
         rates = "-" if pr["rate_a"] is None else f"{pr['rate_a']:.3f} / {pr['rate_b']:.3f}"
-        lines.append(f"| {r['method']} | {r['a']} | {r['b']} | {pr['n']} | {rates} | {pr['p_value']:.4g} | "
+        mcnemar = "< 1e-6" if pr["p_value"] == 0 else f"{pr['p_value']:.4g}"  # paired_test rounds to 6 places
+        lines.append(f"| {r['method']} | {r['a']} | {r['b']} | {pr['n']} | {rates} | {mcnemar} | "
                      f"{diff(r.get('D'))} | {diff(r.get('S'))} |")
     return "\n".join(lines) + "\n"
 
