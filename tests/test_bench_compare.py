@@ -90,3 +90,10 @@ def test_model_pairs_pair_s_by_source_id():
     del s_leaky["hsds"]["source_ids"]  # a run from before source ids were kept: not paired, not guessed
     runs[1] = (summarize(leaky, [1.0], internal={"leaky": s_leaky}), leaky)
     assert "S" not in model_pairs(runs, resamples=50)[0]
+
+
+def test_pairs_markdown_never_prints_a_zero_p_value():
+    clean, leaky = _results("clean", 0, total=30), _results("leaky", 15, total=30)  # 30 discordant tasks, one way
+    (pair,) = model_pairs([(summarize(clean, [1.0]), clean), (summarize(leaky, [1.0]), leaky)], resamples=100)
+    assert pair["precise"]["p_value"] == 0  # 2 / 2**30, rounded to 6 places
+    assert "| 1.000 / 0.500 | < 1e-6 |" in pairs_markdown([pair])

@@ -213,8 +213,9 @@ def markdown(summary: dict[str, Any], config: Any, plots: list[str]) -> str:
               "| model | a | b | n | rate a | rate b | a - b | a only | b only | p |", "|---" * 10 + "|"]
     for model, by_strength in summary.get("paired", {}).items():
         for t in by_strength.get(ref, []):
+            p = "< 1e-6" if t["p_value"] == 0 else f"{t['p_value']:.3g}"  # paired_test rounds to 6 places
             lines.append(f"| {model} | {t['a']} | {t['b']} | {t['n']} | {_fmt(t['rate_a'])} | {_fmt(t['rate_b'])} | "
-                         f"{_fmt(t['difference'])} | {t['only_a']} | {t['only_b']} | {t['p_value']:.3g} |")
+                         f"{_fmt(t['difference'])} | {t['only_a']} | {t['only_b']} | {p} |")
     lines += ["", "## Disentanglement", "",
               "Reader-based D (DCI-style, 1 = each edit moves one reader) and its targeted share (mean p_ii); "
               "reader-free S (1 - mean |cos| of attribute responses) when computed.", "",
