@@ -79,17 +79,30 @@ def test_model_pairs_test_precise_edits_and_d_on_shared_tasks(tmp_path, capsys):
 
 def test_model_pairs_pair_s_by_source_id():
     clean, leaky = _results("clean", 0), _results("leaky", 5)
-    s_clean = {"hsds": {"score": 0.8, "sources": 3, "per_source": [0.9, 0.8, 0.7], "source_ids": ["a", "b", "c"]}}
-    s_leaky = {"hsds": {"score": 0.6, "sources": 3, "per_source": [0.5, 0.7, 0.1], "source_ids": ["b", "a", "z"]}}
+    ids = ["a", "b", "c", "d", "e", "f"]
+    s_clean = {"hsds": {"score": 0.8, "sources": 6, "per_source": [0.9, 0.8, 0.9, 0.8, 0.9, 0.7], "source_ids": ids}}
+    # the same sources in another order, plus one the clean run lacks; each shared source is 0.2 or 0.3 lower
+    s_leaky = {"hsds": {"score": 0.6, "sources": 6, "per_source": [0.5, 0.7, 0.6, 0.6, 0.6, 0.1],
+                        "source_ids": ["b", "a", "c", "d", "e", "z"]}}
     runs = [(summarize(clean, [1.0], internal={"clean": s_clean}), clean),
             (summarize(leaky, [1.0], internal={"leaky": s_leaky}), leaky)]
     (pair,) = model_pairs(runs, resamples=500)
-    # shared sources a (0.9 vs 0.7) and b (0.8 vs 0.5): differences 0.2 and 0.3, never below 0
-    assert pair["S"]["sources"] == 2 and pair["S"]["difference"] == pytest.approx(0.25)
-    assert 0.2 - 1e-9 <= pair["S"]["low"] <= pair["S"]["high"] <= 0.3 + 1e-9 and pair["S"]["p_value"] == 1 / 500  # the floor of a 500-draw bootstrap
+    assert pair["S"]["sources"] == 5 and pair["S"]["difference"] == pytest.approx(0.26)
+    assert 0.2 - 1e-9 <= pair["S"]["low"] <= pair["S"]["high"] <= 0.3 + 1e-9 and pair["S"]["p_value"] == 1 / 500
     del s_leaky["hsds"]["source_ids"]  # a run from before source ids were kept: not paired, not guessed
     runs[1] = (summarize(leaky, [1.0], internal={"leaky": s_leaky}), leaky)
     assert "S" not in model_pairs(runs, resamples=50)[0]
+
+
+def test_model_pairs_do_not_test_a_handful_of_tasks():
+    clean, leaky = _results("clean", 0, total=2), _results("leaky", 1, total=2)  # 2 tasks per edited attribute
+    s = {"hsds": {"score": 0.8, "sources": 2, "per_source": [0.9, 0.7], "source_ids": ["a", "b"]}}
+    runs = [(summarize(clean, [1.0], internal={"clean": s}), clean),
+            (summarize(leaky, [1.0], internal={"leaky": s}), leaky)]
+    (pair,) = model_pairs(runs, resamples=100)
+    assert pair["D"]["difference"] > 0 and pair["D"]["p_value"] is None and pair["D"]["low"] is None
+    assert pair["S"]["p_value"] is None and pair["S"]["sources"] == 2
+    assert "(too few to test) | - |" in pairs_markdown([pair])
 
 
 def test_pairs_markdown_never_prints_a_zero_p_value():

@@ -143,12 +143,14 @@ def model_pairs(runs: Sequence[tuple[dict[str, Any], list[dict[str, Any]] | None
 def paired_mean_difference(a: dict[str, float], b: dict[str, float], *, resamples: int = 2000, level: float = 0.95,
                            seed: int = 0) -> dict[str, float | int] | None:
     """Mean of per-source ``S_a - S_b`` on the shared sources, with a bootstrap interval and two-sided p-value."""
-    from eimsdk.metrics.intervals import bootstrap_mean
+    from eimsdk.metrics.intervals import MIN_PAIRED, bootstrap_mean
 
     shared = [k for k in a if k in b]
     if not shared:
         return None
     diffs = np.array([a[k] - b[k] for k in shared])
+    if len(shared) < MIN_PAIRED:  # too few sources for a bootstrap to mean anything
+        return {"difference": float(diffs.mean()), "low": None, "high": None, "p_value": None, "sources": len(shared)}
     lo, hi = bootstrap_mean(diffs, resamples=resamples, level=level, seed=seed)
     rng = np.random.default_rng(seed)
     means = diffs[rng.integers(len(diffs), size=(resamples, len(diffs)))].mean(axis=1)
@@ -164,7 +166,11 @@ def pairs_markdown(pairs: list[dict[str, Any]]) -> str:
              "| S a - b [95% interval] | p (S) |", "|---|---|---|---|---|---|---|---|---|---|"]
 
     def diff(d: dict[str, Any] | None) -> str:
-        return f"{d['difference']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] | {d['p_value']:.4f}" if d else "- | -"
+        if not d:
+            return "- | -"
+        if d["p_value"] is None:
+            return f"{d['difference']:+.3f} (too few to test) | -"
+        return f"{d['difference']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] | {d['p_value']:.4f}"
 
     for r in pairs:
         pr = r["precise"]

@@ -18,6 +18,9 @@ from eimsdk.errors import InputError
 from eimsdk.metrics.disentanglement import ResponseMatrix, dci_disentanglement
 
 
+MIN_PAIRED = 5  # fewest shared tasks per edited attribute (or shared sources) for a paired interval and p-value
+
+
 def _percentiles(samples: np.ndarray, level: float) -> tuple[float, float]:
     if not 0.0 < level < 1.0:
         raise InputError(f"level must lie in (0, 1), got {level!r}")
@@ -78,7 +81,7 @@ def bootstrap_dci_difference(a: Mapping[str, tuple[str, Mapping[str, float]]],
     Each resample draws the shared task ids of every edited attribute with replacement and scores both models on
     the *same* draw, so task difficulty cancels. Returns the difference on all shared tasks, its percentile
     interval and a two-sided bootstrap p-value (twice the smaller share of resamples on either side of 0, at least
-    ``1 / resamples``).
+    ``1 / resamples``); interval and p are ``None`` when an edited attribute has fewer than ``MIN_PAIRED`` tasks.
     """
     shared = [k for k in a if k in b]
     if not shared:
@@ -103,6 +106,9 @@ def bootstrap_dci_difference(a: Mapping[str, tuple[str, Mapping[str, float]]],
     rng = np.random.default_rng(seed)
     diffs = np.array([score([rng.integers(len(ta), size=len(ta)) for ta, _ in arrays]) for _ in range(resamples)])
     lo, hi = _percentiles(diffs, level)
-    # A bootstrap cannot resolve p below 1 / resamples: report that floor, not 0.
+    # A bootstrap cannot resolve p below 1 / resamples: report that floor, not 0. With a handful of tasks per row
+    # the resamples barely vary, so an interval and a p-value would look far surer than the data are: none then.
     p = min(1.0, max(1.0 / resamples, 2 * min(float(np.mean(diffs <= 0)), float(np.mean(diffs >= 0)))))
-    return {"difference": float(estimate), "low": lo, "high": hi, "p_value": p, "tasks": len(shared)}
+    few = min(len(ta) for ta, _ in arrays) < MIN_PAIRED
+    return {"difference": float(estimate), "low": None if few else lo, "high": None if few else hi,
+            "p_value": None if few else p, "tasks": len(shared)}
