@@ -28,8 +28,8 @@ def _results(model: str, spill: int, total: int = 10) -> list[dict]:
 
 def test_rows_rank_models_and_carry_task_intervals(tmp_path):
     results = _results("clean", 0) + _results("leaky", 5)
-    summary = summarize(results, [1.0], internal={"clean": {"hsds": {"score": 0.9, "sources": 3,
-                                                                     "per_source": [0.9, 0.9, 0.9]}}})
+    summary = summarize(results, [1.0], internal={"clean": {"hsds": {"score": 0.9, "sources": 5,
+                                                                     "per_source": [0.9] * 5}}})
     rows = {r["model"]: r for r in comparison_rows(summary, results, resamples=300)}
     assert rows["clean"]["D"] == pytest.approx(1.0) and rows["clean"]["D_interval"] == (1.0, 1.0)
     assert rows["leaky"]["D"] < 1.0 and rows["leaky"]["D_interval_kind"] == "tasks"
@@ -103,6 +103,10 @@ def test_model_pairs_do_not_test_a_handful_of_tasks():
     assert pair["D"]["difference"] > 0 and pair["D"]["p_value"] is None and pair["D"]["low"] is None
     assert pair["S"]["p_value"] is None and pair["S"]["sources"] == 2
     assert "(too few to test) | - |" in pairs_markdown([pair])
+    row = comparison_rows(*runs[1], resamples=100)[0]  # nor does one model's table give intervals on so few
+    assert "D_interval" not in row and row["D_interval_kind"].startswith("none") and "S_interval" not in row
+    cells = comparison_markdown([row]).splitlines()[2].split(" | ")
+    assert "[" not in cells[3] and "[" not in cells[5]  # D and S alone; precise keeps its Wilson interval
 
 
 def test_pairs_markdown_never_prints_a_zero_p_value():

@@ -28,7 +28,7 @@ def comparison_rows(summary: dict[str, Any], results: list[dict[str, Any]] | Non
     """One row per (model, method) of ``summary``; ``results`` (the run's per-task records) give task intervals."""
     from eimsdk.bench.runner import model_label
     from eimsdk.metrics.disentanglement import ResponseMatrix
-    from eimsdk.metrics.intervals import bootstrap_dci, bootstrap_dci_from_matrix, bootstrap_mean
+    from eimsdk.metrics.intervals import MIN_PAIRED, bootstrap_dci, bootstrap_dci_from_matrix, bootstrap_mean
 
     ref = summary["reference_strength"]
     rows = []
@@ -42,7 +42,9 @@ def comparison_rows(summary: dict[str, Any], results: list[dict[str, Any]] | Non
                 matrix = ResponseMatrix.from_dict(d["matrix"])
                 row["D"] = d["overall"]
                 row["targeted"] = float(np.mean([v for v in d["targeted"].values() if v is not None]))
-                if results is not None:
+                if min(matrix.counts, default=0) < MIN_PAIRED:  # a bootstrap of a task or two barely varies
+                    row["D_interval_kind"] = f"none: fewer than {MIN_PAIRED} tasks in a row"
+                elif results is not None:
                     changes = [(r["attribute"], e["changes"]) for r in results
                                if model_label(r["model"]) == model and r["method"] == method
                                for e in r.get("edits", []) if e["strength"] == ref]
@@ -54,7 +56,7 @@ def comparison_rows(summary: dict[str, Any], results: list[dict[str, Any]] | Non
             internal = entry.get("internal", {})
             if "score" in internal:
                 row["S"], row["S_sources"] = internal["score"], internal.get("sources")
-                if internal.get("per_source"):
+                if len(internal.get("per_source") or []) >= MIN_PAIRED:
                     row["S_interval"] = bootstrap_mean(internal["per_source"], resamples=resamples)
             at_ref = entry["by_strength"].get(f"{ref:g}", {})
             row["precise"], row["precise_ci"] = at_ref.get("precise"), at_ref.get("precise_ci")
