@@ -5,7 +5,8 @@ tasks (from the run's per-task results; from a ``summary.json`` alone, the param
 :func:`eimsdk.metrics.intervals.bootstrap_dci_from_matrix`), its mean targeted share, the reader-free ``S``
 (``--internal N``) with its interval over sources when the run kept per-source scores, and the precise-edit rate.
 Between every two models run with the same method on shared tasks (from per-task results), :func:`model_pairs`
-gives the paired tests: exact McNemar on precise edits and a paired bootstrap interval of ``D_a - D_b``.
+gives the paired tests: exact McNemar on precise edits, paired bootstrap intervals of ``D_a - D_b`` and of
+``S_a - S_b`` (by source id).
 ``eimsdk bench`` writes it as ``OUT/comparison.md``; for finished runs or stored summaries::
 
     python -m eimsdk.bench.compare OUT_OR_SUMMARY [...] [--methods hsds text] [--json table.json]
@@ -89,7 +90,7 @@ def model_pairs(runs: Sequence[tuple[dict[str, Any], list[dict[str, Any]] | None
 
     from eimsdk.bench.stats import paired_test
     from eimsdk.metrics.disentanglement import ResponseMatrix
-    from eimsdk.metrics.intervals import bootstrap_dci_difference
+    from eimsdk.metrics.intervals import bootstrap_dci_difference, bootstrap_paired_mean
 
     with_results = [(s, r) for s, r in runs if r is not None]
     refs = {s["reference_strength"] for s, _ in with_results}
@@ -99,17 +100,15 @@ def model_pairs(runs: Sequence[tuple[dict[str, Any], list[dict[str, Any]] | None
     axes: dict[str, tuple[list[str], list[str]]] = {}
     internal: dict[tuple[str, str], dict[str, float]] = {}  # per-source S, keyed by source id
     for summary, results in with_results:
+        for key, tasks in _task_records(results, summary["reference_strength"]).items():
+            if key in records:
+                raise InputError(f"model {key[0]!r} with method {key[1]!r} is in two runs; pass each once")
+            records[key] = tasks
         for model, by_method in summary["table"].items():
             for method, entry in by_method.items():
                 i = entry.get("internal") or {}
                 if i.get("per_source") and len(i.get("source_ids") or []) == len(i["per_source"]):
                     internal[(model, method)] = dict(zip(i["source_ids"], i["per_source"]))
-        for key, tasks in _task_records(results, summary["reference_strength"]).items():
-            if key in records:
-                raise InputError(f"model {key[0]!r} with method {key[1]!r} is in two runs; pass each once")
-            records[key] = tasks
-        for by_method in summary["table"].values():
-            for method, entry in by_method.items():
                 d = entry.get("disentanglement") or {}
                 if d.get("matrix") and method not in axes:
                     m = ResponseMatrix.from_dict(d["matrix"])
@@ -137,31 +136,15 @@ def model_pairs(runs: Sequence[tuple[dict[str, Any], list[dict[str, Any]] | None
                     row["D_error"] = str(exc)
             sa, sb = internal.get((ma, method)), internal.get((mb, method))
             if sa and sb:
-                row["S"] = paired_mean_difference(sa, sb, resamples=resamples)
+                row["S"] = bootstrap_paired_mean(sa, sb, resamples=resamples)
             pairs.append(row)
     return pairs
 
 
-def paired_mean_difference(a: dict[str, float], b: dict[str, float], *, resamples: int = 2000, level: float = 0.95,
-                           seed: int = 0) -> dict[str, float | int] | None:
-    """Mean of per-source ``S_a - S_b`` on the shared sources, with a bootstrap interval and two-sided p-value."""
-    from eimsdk.metrics.intervals import MIN_PAIRED, bootstrap_mean
-
-    shared = [k for k in a if k in b]
-    if not shared:
-        return None
-    diffs = np.array([a[k] - b[k] for k in shared])
-    if len(shared) < MIN_PAIRED:  # too few sources for a bootstrap to mean anything
-        return {"difference": float(diffs.mean()), "low": None, "high": None, "p_value": None, "sources": len(shared)}
-    lo, hi = bootstrap_mean(diffs, resamples=resamples, level=level, seed=seed)
-    rng = np.random.default_rng(seed)
-    means = diffs[rng.integers(len(diffs), size=(resamples, len(diffs)))].mean(axis=1)
-    p = min(1.0, max(1.0 / resamples, 2 * min(float(np.mean(means <= 0)), float(np.mean(means >= 0)))))
-    return {"difference": float(diffs.mean()), "low": lo, "high": hi, "p_value": p, "sources": len(shared)}
-
-
 def pairs_markdown(pairs: list[dict[str, Any]]) -> str:
     """The paired tests between models as a Markdown table (empty string when there are none)."""
+    from eimsdk.bench.stats import format_p
+
     if not pairs:
         return ""
     lines = ["| method | a | b | shared tasks | precise a / b | McNemar p | D a - b [95% interval] | p (D) "
@@ -177,8 +160,7 @@ def pairs_markdown(pairs: list[dict[str, Any]]) -> str:
     for r in pairs:
         pr = r["precise"]
         rates = "-" if pr["rate_a"] is None else f"{pr['rate_a']:.3f} / {pr['rate_b']:.3f}"
-        mcnemar = "< 1e-6" if pr["p_value"] == 0 else f"{pr['p_value']:.4g}"  # paired_test rounds to 6 places
-        lines.append(f"| {r['method']} | {r['a']} | {r['b']} | {pr['n']} | {rates} | {mcnemar} | "
+        lines.append(f"| {r['method']} | {r['a']} | {r['b']} | {pr['n']} | {rates} | {format_p(pr['p_value'])} | "
                      f"{diff(r.get('D'))} | {diff(r.get('S'))} |")
     return "\n".join(lines) + "\n"
 

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from eimsdk.bench.stats import paired_tests, rate_interval
+from eimsdk.bench.stats import format_p, paired_tests, rate_interval
 from eimsdk.records import atomic_write, atomic_write_text
 
 def reference_strength(strengths: Sequence[float]) -> float:
@@ -213,9 +213,8 @@ def markdown(summary: dict[str, Any], config: Any, plots: list[str]) -> str:
               "| model | a | b | n | rate a | rate b | a - b | a only | b only | p |", "|---" * 10 + "|"]
     for model, by_strength in summary.get("paired", {}).items():
         for t in by_strength.get(ref, []):
-            p = "< 1e-6" if t["p_value"] == 0 else f"{t['p_value']:.3g}"  # paired_test rounds to 6 places
             lines.append(f"| {model} | {t['a']} | {t['b']} | {t['n']} | {_fmt(t['rate_a'])} | {_fmt(t['rate_b'])} | "
-                         f"{_fmt(t['difference'])} | {t['only_a']} | {t['only_b']} | {p} |")
+                         f"{_fmt(t['difference'])} | {t['only_a']} | {t['only_b']} | {format_p(t['p_value'])} |")
     lines += ["", "## Disentanglement", "",
               "Reader-based D (DCI-style, 1 = each edit moves one reader) and its targeted share (mean p_ii); "
               "reader-free S (1 - mean |cos| of attribute responses) when computed.", "",

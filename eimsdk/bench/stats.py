@@ -67,6 +67,11 @@ def paired_test(a: Mapping[str, bool], b: Mapping[str, bool]) -> dict[str, Any]:
             "p_value": round(mcnemar_exact(only_a, only_b), 6)}
 
 
+def format_p(p_value: float) -> str:
+    """A p-value of :func:`paired_test` for a table: it is rounded to 6 places, so 0 means below ``1e-6``."""
+    return "< 1e-6" if p_value == 0 else f"{p_value:.3g}"
+
+
 def paired_tests(outcomes: Mapping[str, Mapping[str, bool]]) -> list[dict[str, Any]]:
     """A McNemar test for every pair of methods: ``outcomes`` is method -> task id -> outcome (e.g. precise)."""
     return [{"a": a, "b": b, **paired_test(outcomes[a], outcomes[b])} for a, b in combinations(outcomes, 2)]

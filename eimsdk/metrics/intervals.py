@@ -21,6 +21,12 @@ from eimsdk.metrics.disentanglement import ResponseMatrix, dci_disentanglement
 MIN_PAIRED = 5  # fewest shared tasks per edited attribute (or shared sources) for a paired interval and p-value
 
 
+def _two_sided_p(samples: np.ndarray, resamples: int) -> float:
+    """Bootstrap p of "no difference": twice the smaller share of resamples on either side of 0, at least
+    ``1 / resamples`` (a bootstrap cannot resolve less: report that floor, not 0)."""
+    return min(1.0, max(1.0 / resamples, 2 * min(float(np.mean(samples <= 0)), float(np.mean(samples >= 0)))))
+
+
 def _percentiles(samples: np.ndarray, level: float) -> tuple[float, float]:
     if not 0.0 < level < 1.0:
         raise InputError(f"level must lie in (0, 1), got {level!r}")
@@ -80,8 +86,8 @@ def bootstrap_dci_difference(a: Mapping[str, tuple[str, Mapping[str, float]]],
 
     Each resample draws the shared task ids of every edited attribute with replacement and scores both models on
     the *same* draw, so task difficulty cancels. Returns the difference on all shared tasks, its percentile
-    interval and a two-sided bootstrap p-value (twice the smaller share of resamples on either side of 0, at least
-    ``1 / resamples``); interval and p are ``None`` when an edited attribute has fewer than ``MIN_PAIRED`` tasks.
+    interval and a two-sided bootstrap p-value (:func:`_two_sided_p`); interval and p are ``None`` (and nothing is
+    resampled) when an edited attribute has fewer than ``MIN_PAIRED`` tasks.
     """
     shared = [k for k in a if k in b]
     if not shared:
@@ -95,6 +101,8 @@ def bootstrap_dci_difference(a: Mapping[str, tuple[str, Mapping[str, float]]],
         raise InputError(f"rows {empty} have no shared tasks; every row needs at least one")
     arrays = [(np.array([[a[k][1][c] for c in cols] for k in ids], dtype=np.float64),
                np.array([[b[k][1][c] for c in cols] for k in ids], dtype=np.float64)) for ids in by_row.values()]
+    result: dict[str, float | int | None] = {"difference": 0.0, "low": None, "high": None, "p_value": None,
+                                             "tasks": len(shared)}
 
     def score(draws: list[np.ndarray]) -> float:
         da = np.stack([ta[d].mean(axis=0) for (ta, _), d in zip(arrays, draws)])
@@ -102,13 +110,33 @@ def bootstrap_dci_difference(a: Mapping[str, tuple[str, Mapping[str, float]]],
         return (dci_disentanglement(da, list(rows), list(cols)).overall
                 - dci_disentanglement(db, list(rows), list(cols)).overall)
 
-    estimate = score([np.arange(len(ta)) for ta, _ in arrays])
+    result["difference"] = float(score([np.arange(len(ta)) for ta, _ in arrays]))
+    # With a handful of tasks per row the resamples barely vary, so an interval and a p-value would look far surer
+    # than the data are: none then.
+    if min(len(ta) for ta, _ in arrays) < MIN_PAIRED:
+        return result
     rng = np.random.default_rng(seed)
     diffs = np.array([score([rng.integers(len(ta), size=len(ta)) for ta, _ in arrays]) for _ in range(resamples)])
-    lo, hi = _percentiles(diffs, level)
-    # A bootstrap cannot resolve p below 1 / resamples: report that floor, not 0. With a handful of tasks per row
-    # the resamples barely vary, so an interval and a p-value would look far surer than the data are: none then.
-    p = min(1.0, max(1.0 / resamples, 2 * min(float(np.mean(diffs <= 0)), float(np.mean(diffs >= 0)))))
-    few = min(len(ta) for ta, _ in arrays) < MIN_PAIRED
-    return {"difference": float(estimate), "low": None if few else lo, "high": None if few else hi,
-            "p_value": None if few else p, "tasks": len(shared)}
+    result["low"], result["high"] = _percentiles(diffs, level)
+    result["p_value"] = _two_sided_p(diffs, resamples)
+    return result
+
+
+def bootstrap_paired_mean(a: Mapping[str, float], b: Mapping[str, float], *, resamples: int = 2000,
+                          level: float = 0.95, seed: int = 0) -> dict[str, float | int | None] | None:
+    """Mean of ``a[k] - b[k]`` over the shared keys (e.g. per-source ``S`` by source id), with a bootstrap
+    interval and two-sided p-value over those keys; ``None`` without shared keys, and no interval or p-value on
+    fewer than ``MIN_PAIRED`` of them."""
+    shared = [k for k in a if k in b]
+    if not shared:
+        return None
+    diffs = np.array([a[k] - b[k] for k in shared], dtype=np.float64)
+    result: dict[str, float | int | None] = {"difference": float(diffs.mean()), "low": None, "high": None,
+                                             "p_value": None, "sources": len(shared)}
+    if len(shared) < MIN_PAIRED:
+        return result
+    rng = np.random.default_rng(seed)
+    means = diffs[rng.integers(len(diffs), size=(resamples, len(diffs)))].mean(axis=1)
+    result["low"], result["high"] = _percentiles(means, level)
+    result["p_value"] = _two_sided_p(means, resamples)
+    return result
