@@ -159,3 +159,12 @@ def test_report_groups_rates_by_attribute_kind(tmp_path):
     text = markdown(summary, {"models": ["m"], "methods": ["hsds"], "strengths": [1.0]}, [])
     assert "| m | hsds | 0.50 / 0.67 | 1.00 / 1.00 | - / 0.67 |" in text
     assert "by_kind" not in summarize(results, [1.0])["table"]["m"]["hsds"]
+
+
+def test_random_spec_of_either_world_refuses_an_attribute_it_does_not_have():
+    from eimsdk_toy import scenes
+
+    for draw, world_only in ((scenes.random_spec, "pattern"), (random_spec, "colur")):
+        with pytest.raises(InputError, match=f"unknown attributes \\['{world_only}'\\]"):
+            draw(0, **{world_only: "x"})
+    assert random_spec(0, pattern="dotted").pattern == "dotted"  # world 2's own attribute is pinned, not refused

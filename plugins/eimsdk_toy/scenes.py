@@ -9,7 +9,7 @@ Captions use only words of :data:`eimsdk.tokenizers.WORDS`, so the offline token
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Iterable, Literal, Mapping
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -75,12 +75,17 @@ class SceneSpec(BaseModel):
         return EXTENTS[self.size] + self.grow
 
 
+def check_fixed(fixed: Mapping[str, str], attributes: Iterable[str]) -> None:
+    """Refuse pinned attributes a world does not have (``random_spec``'s ``fixed``)."""
+    unknown = sorted(set(fixed) - set(attributes))
+    if unknown:
+        raise InputError(f"random_spec got unknown attributes {unknown}; it accepts {sorted(attributes)}")
+
+
 def random_spec(rng: np.random.Generator | int, **fixed: str) -> SceneSpec:
     """A scene drawn uniformly over every attribute and jitter; ``fixed`` pins attributes (e.g. ``colour="red"``)."""
-    rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
-    unknown = sorted(set(fixed) - set(ATTRIBUTES))
-    if unknown:
-        raise InputError(f"random_spec got unknown attributes {unknown}; it accepts {sorted(ATTRIBUTES)}")
+    rng = np.random.default_rng(rng)  # a Generator passes through unchanged
+    check_fixed(fixed, ATTRIBUTES)
     values = {name: classes[int(rng.integers(len(classes)))] for name, classes in ATTRIBUTES.items()}
     jitter = dict(dx=float(rng.uniform(-MAX_SHIFT, MAX_SHIFT)), dy=float(rng.uniform(-MAX_SHIFT, MAX_SHIFT)),
                   grow=float(rng.uniform(-MAX_GROW, MAX_GROW)))

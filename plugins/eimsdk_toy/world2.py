@@ -18,7 +18,7 @@ from PIL import Image
 from pydantic import Field, model_validator
 
 from eimsdk.errors import InputError
-from eimsdk_toy.scenes import BACKGROUNDS, CENTRES, COLOURS, POSITIONS, SHAPES, SceneSpec
+from eimsdk_toy.scenes import BACKGROUNDS, CENTRES, COLOURS, POSITIONS, SHAPES, SceneSpec, check_fixed
 
 IMAGE_SIZE = 64
 SUPERSAMPLE = 8
@@ -120,10 +120,8 @@ class Scene2Spec(SceneSpec):
 
 def random_spec(rng: np.random.Generator | int, **fixed: str) -> Scene2Spec:
     """A scene drawn uniformly over the named attributes, with seeded unnamed content; ``fixed`` pins attributes."""
-    rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
-    unknown = sorted(set(fixed) - set(ATTRIBUTES))
-    if unknown:
-        raise InputError(f"random_spec got unknown attributes {unknown}; it accepts {sorted(ATTRIBUTES)}")
+    rng = np.random.default_rng(rng)  # a Generator passes through unchanged
+    check_fixed(fixed, ATTRIBUTES)
     values = {name: ATTRIBUTES[name][int(rng.integers(len(ATTRIBUTES[name])))] for name in NAMED}
     values.update(texture=TEXTURES[int(rng.integers(len(TEXTURES)))], texture_phase=PHASES[int(rng.integers(4))])
     values.update({k: v for k, v in fixed.items() if k in NAMED or k in ("texture", "texture_phase")})
