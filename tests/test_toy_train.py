@@ -108,3 +108,36 @@ def test_wall_clock_budget_ends_the_run_early_and_drives_the_schedule(tmp_path):
     assert lr_at(500, cfg, elapsed=10.0) == pytest.approx(0.1 * cfg.lr)  # time is up: the floor of the cosine
     assert lr_at(500, cfg, elapsed=0.0) > lr_at(500, cfg, elapsed=8.0)  # time further along than steps
     assert lr_at(500, cfg.model_copy(update={"max_seconds": 0.0}), elapsed=1e9) == lr_at(500, cfg, elapsed=0.0)
+
+
+def test_a_paused_and_resumed_run_ends_with_the_weights_of_an_unbroken_one(tmp_path):
+    from safetensors.torch import load_file
+
+    from eimsdk_toy.train import checkpoint_path
+
+    options = dict(steps=6, warmup=2, **SMALL)
+    (whole,) = train("pixart", tmp_path / "whole", **options)
+    (part,) = train("pixart", tmp_path / "parts", pause_step=3, **options)
+    ckpt = checkpoint_path(tmp_path / "parts", "pixart")
+    summary = json.loads((part / "training.json").read_text())
+    assert summary["paused"] and summary["steps"] == 3 and ckpt.is_file()
+    assert not list(part.rglob("*.pt")), "the checkpoint lives outside the model folder"
+
+    with pytest.raises(InputError, match="lr"):
+        train("pixart", tmp_path / "parts", resume=True, **{**options, "lr": 1e-3})
+    train("pixart", tmp_path / "parts", resume=True, pause_step=3, **options)  # the pause already passed
+    summary = json.loads((part / "training.json").read_text())
+    assert not summary["paused"] and summary["steps"] == 6 and not ckpt.exists()
+
+    weights = [load_file(folder / "transformer" / "diffusion_pytorch_model.safetensors") for folder in (whole, part)]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    logged = [[json.loads(line)["step"] for line in (f / "train_log.jsonl").read_text().splitlines()]
+              for f in (whole, part)]
+    assert logged[0] == logged[1] == [0, 5]
+
+
+def test_a_time_pause_stops_after_at_least_one_step(tmp_path):
+    (folder,) = train("unet", tmp_path, steps=50, pause_seconds=1e-6, **SMALL)
+    summary = json.loads((folder / "training.json").read_text())
+    assert summary["paused"] and summary["steps"] == 1

@@ -39,19 +39,25 @@ def test_world2_training_writes_a_64px_pipeline(out_root, family):
     assert image.shape == (1, 3, 64, 64) and torch.isfinite(image).all()
 
 
-def test_recipe_trains_evaluates_and_archives_each_model(out_root, tmp_path):
+def test_recipe_trains_evaluates_and_archives_each_model(out_root, tmp_path, capsys):
     import shutil
 
     from eimsdk_toy.recipe import ARCHIVE_LIMIT, main as recipe_main
 
     shutil.copytree(out_root / "vae", tmp_path / "vae")  # an existing stage is skipped: the recipe resumes
-    assert recipe_main(["--out", str(tmp_path), "--device", "cpu", "--families", "pixart", "--roundtrip-n", "4",
-                        "--train-args", "--steps 2 --batch-size 2 --pool 64",
-                        "--eval-args", "--n 2 --steps 2 --inversion-n 1 --inversion-steps 2"]) == 0
+    args = ["--out", str(tmp_path), "--device", "cpu", "--families", "pixart", "--roundtrip-n", "4",
+            "--train-args", "--steps 3 --batch-size 2 --pool 64",
+            "--eval-args", "--n 2 --steps 2 --inversion-n 1 --inversion-steps 2"]
+    assert recipe_main([*args, "--pause-minutes", "1e-6"]) == 0  # pauses after one step, at a checkpoint
+    assert capsys.readouterr().out.startswith("paused at a checkpoint: pixart")
+    assert json.loads((tmp_path / "pixart" / "training.json").read_text())["steps"] == 1
+    assert not (tmp_path / "recipe.json").exists() and not (tmp_path / "pixart" / "evaluation.json").exists()
+    assert recipe_main(args) == 0  # continues the paused family
     summary = json.loads((tmp_path / "recipe.json").read_text())
     assert summary["vae_roundtrip"]["n"] == 4 and set(summary["vae_roundtrip"]["attributes"]) >= set(UNNAMED)
     model = summary["models"]["pixart"]
-    assert model["training"]["steps"] == 2 and model["training"]["config"]["world"] == 2
+    assert model["training"]["steps"] == 3 and model["training"]["config"]["world"] == 2
+    assert not model["training"]["paused"] and not (tmp_path / "checkpoints" / "pixart.pt").exists()
     report = model["evaluation"]
     assert report["world"] == 2 and set(report["sampling"]["attributes"]) == set(NAMED)
     assert set(report["inversion"]["attributes"]) == set(NAMED) | set(UNNAMED)  # inversion must keep unnamed content
@@ -76,3 +82,22 @@ def test_a_factor_4_vae_with_8_channels_gives_world_1_token_counts(tmp_path):
     assert image.shape == (1, 3, 64, 64)
     encoder = PixArtEncoder.from_pretrained(str(folder))
     assert encoder.latent_channels == 8 and encoder.vae_scale_factor == 4
+
+
+def test_recipe_uses_a_shipped_world2_vae_instead_of_training_one(out_root, tmp_path, monkeypatch):
+    import shutil
+    from types import SimpleNamespace
+
+    from eimsdk_toy import recipe
+
+    shipped = tmp_path / "package"
+    shutil.copytree(out_root / "vae", shipped / "vae")
+    monkeypatch.setattr(recipe, "get_world", lambda number: SimpleNamespace(weights=shipped))
+    out = tmp_path / "run"
+    summary = recipe.run_recipe(out, device="cpu", families=("pixart",), roundtrip_n=2,
+                                train_args="--steps 1 --batch-size 2 --pool 64",
+                                eval_args="--n 1 --steps 2 --inversion-n 1 --inversion-steps 2")
+    assert summary["vae_source"] == str(shipped / "vae")
+    assert (out / "vae" / "config.json").read_bytes() == (shipped / "vae" / "config.json").read_bytes()
+    assert not (out / "logs" / "vae.log").exists(), "no VAE was trained"
+    assert sorted(p.name for p in (shipped / "vae").iterdir()) == sorted(p.name for p in (out_root / "vae").iterdir())

@@ -5,13 +5,16 @@ Usage::
     python -m eimsdk_toy.recipe --out DIR --device cuda [--vae-minutes 1.5] [--minutes 3.5]
 
 1. the shared world-2 VAE (``DIR/vae``), then its round trip read back by the ``toy2`` reader
-   (``DIR/vae/roundtrip.json``: every attribute, named and unnamed);
+   (``DIR/vae_roundtrip.json``: every attribute, named and unnamed);
 2. toy PixArt, SD3 and Flux side by side (one process each, ``--max-minutes`` each) into ``DIR/<family>``;
 3. ``eimsdk_toy.evaluate`` on each (``DIR/<family>/evaluation.json``): sampling per named attribute and all at
    once, inversion round trip, unnamed-content statistics against the training scenes;
 4. one archive per model, ``DIR/archives/toy2-<family>.tar.gz``, each checked to be under 16 MiB.
 
-A stage whose output exists is skipped, so a run cut short resumes where it stopped. ``--train-args`` and
+A stage whose output exists is skipped, so a run cut short resumes where it stopped; a family paused at a
+checkpoint (``--pause-minutes``, e.g. to fit a per-call time limit) continues from it on the next run. With a
+world-2 VAE shipped in ``eimsdk_toy/weights/toy2/vae`` and none in ``DIR/vae``, the recipe copies the shipped one
+there instead of training one (its round trip is still measured). ``--train-args`` and
 ``--eval-args`` pass options through (the smoke test: ``--train-args "--steps 3 --batch-size 2 --pool 64"``).
 ``DIR/recipe.json`` gathers the numbers; the summary is printed as Markdown.
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -30,9 +34,15 @@ from typing import Any
 
 from eimsdk.errors import EimsdkError
 from eimsdk_toy.models import FAMILIES
+from eimsdk_toy.train import checkpoint_path
+from eimsdk_toy.worlds import get_world
 
 ARCHIVE_LIMIT = 16 * 2**20  # bytes per model archive
 DEFAULT_FAMILIES = ("pixart", "sd3", "flux")  # the toy UNet trains too with --families ... unet
+
+
+class RecipePaused(EimsdkError):
+    """Some family stopped at its ``--pause-minutes`` checkpoint; the same command continues it."""
 
 
 def _run_all(commands: dict[str, list[str]], logs: Path) -> None:
@@ -64,6 +74,11 @@ def vae_roundtrip(folder: Path, n: int, device: str) -> dict[str, Any]:
     return evaluate_vae(SimpleNamespace(vae=vae), "vae", n, device=device, world=2)  # it only reads pipe.vae
 
 
+def trained(out: Path, family: str) -> bool:
+    """Whether ``out/family`` holds a finished model (not one saved at a pause, whose checkpoint remains)."""
+    return (out / family / "model_index.json").is_file() and not checkpoint_path(out, family).is_file()
+
+
 def archive(folder: Path, path: Path) -> int:
     """``folder`` as a gzipped tar at ``path``; its size in bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -74,25 +89,35 @@ def archive(folder: Path, path: Path) -> int:
 
 def run_recipe(out: Path, *, device: str = "cuda", vae_minutes: float = 1.5, minutes: float = 3.5,
                families: tuple[str, ...] = DEFAULT_FAMILIES, train_args: str = "", eval_args: str = "",
-               roundtrip_n: int = 1000) -> dict[str, Any]:
+               roundtrip_n: int = 1000, pause_minutes: float = 0.0) -> dict[str, Any]:
     """Every stage in order (see the module docstring); returns what ``recipe.json`` holds."""
     out = Path(out)
     python = [sys.executable, "-m"]
     common = ["--world", "2", "--out", str(out), "--device", device, *shlex.split(train_args)]
     summary: dict[str, Any] = {"device": device, "seconds": {}}
     start = time.perf_counter()
-    if not (out / "vae" / "config.json").is_file():
-        _run_all({"vae": [*python, "eimsdk_toy.train", "--family", "vae", "--max-minutes", str(vae_minutes),
-                          *common]}, out / "logs")
+    vae_dir, shipped = out / "vae", get_world(2).weights / "vae"
+    if not (vae_dir / "config.json").is_file():
+        if (shipped / "config.json").is_file():
+            shutil.copytree(shipped, vae_dir)  # every stage then reads DIR/vae, as if trained here
+            summary["vae_source"] = str(shipped)
+        else:
+            _run_all({"vae": [*python, "eimsdk_toy.train", "--family", "vae", "--max-minutes", str(vae_minutes),
+                              *common]}, out / "logs")
     summary["seconds"]["vae"] = round(time.perf_counter() - start, 1)
-    summary["vae_roundtrip"] = vae_roundtrip(out / "vae", roundtrip_n, device)
-    (out / "vae" / "roundtrip.json").write_text(json.dumps(summary["vae_roundtrip"], indent=2) + "\n")
+    summary["vae_roundtrip"] = vae_roundtrip(vae_dir, roundtrip_n, device)
+    (out / "vae_roundtrip.json").write_text(json.dumps(summary["vae_roundtrip"], indent=2) + "\n")
 
     start = time.perf_counter()
-    todo = [f for f in families if not (out / f / "model_index.json").is_file()]
-    _run_all({f: [*python, "eimsdk_toy.train", "--family", f, "--max-minutes", str(minutes), *common]
-              for f in todo}, out / "logs")
+    todo = [f for f in families if not trained(out, f)]
+    pause = ["--pause-minutes", str(pause_minutes)] if pause_minutes else []
+    _run_all({f: [*python, "eimsdk_toy.train", "--family", f, "--max-minutes", str(minutes), "--resume", *pause,
+                  *common] for f in todo}, out / "logs")
     summary["seconds"]["families"] = round(time.perf_counter() - start, 1)
+    paused = [f for f in families if not trained(out, f)]
+    if paused:
+        raise RecipePaused(f"paused at a checkpoint: {', '.join(paused)} (in {out / 'checkpoints'}); "
+                           "run the same command again to continue")
 
     start = time.perf_counter()
     todo = [f for f in families if not (out / f / "evaluation.json").is_file()]
@@ -138,10 +163,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-args", default="", help="extra options for eimsdk_toy.train, one string")
     p.add_argument("--eval-args", default="", help="extra options for eimsdk_toy.evaluate, one string")
     p.add_argument("--roundtrip-n", type=int, default=1000, help="scenes for the VAE round-trip check")
+    p.add_argument("--pause-minutes", type=float, default=0.0, help="stop each family's training after this "
+                   "long at a checkpoint (to fit a per-call limit); run the command again to continue")
     args = p.parse_args(argv)
-    summary = run_recipe(Path(args.out), device=args.device, vae_minutes=args.vae_minutes, minutes=args.minutes,
-                         families=tuple(args.families), train_args=args.train_args, eval_args=args.eval_args,
-                         roundtrip_n=args.roundtrip_n)
+    try:
+        summary = run_recipe(Path(args.out), device=args.device, vae_minutes=args.vae_minutes, minutes=args.minutes,
+                             families=tuple(args.families), train_args=args.train_args,
+                             eval_args=args.eval_args, roundtrip_n=args.roundtrip_n, pause_minutes=args.pause_minutes)
+    except RecipePaused as paused:
+        print(paused)
+        return 0
+    except EimsdkError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(markdown(summary))
     return 0
 

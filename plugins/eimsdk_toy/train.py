@@ -6,6 +6,7 @@ Usage::
     python -m eimsdk_toy.train --family all --out DIR --device cuda
     python -m eimsdk_toy.train --family unet --out DIR --device cuda --max-minutes 4
     python -m eimsdk_toy.train --world 2 --family all --out DIR --device cuda   # toy world 2 (64 px)
+    python -m eimsdk_toy.train --family sd3 --out DIR --pause-minutes 150 [--resume]  # over several sessions
 
 Each family is written to ``DIR/<family>`` with its pipeline's ``save_pretrained`` (fp16), loadable with
 ``PixArtAlphaPipeline`` / ``StableDiffusion3Pipeline`` / ``FluxPipeline`` / ``StableDiffusionPipeline``
@@ -16,7 +17,8 @@ first into ``DIR/vae``. Objectives follow the real models: DDPM eps-prediction o
 schedule (min-SNR-5 weighted; the UNet trains the same objective); rectified flow (velocity ``eps - z0``,
 logit-normal noise levels shifted like the
 sampler) for SD3 and Flux. Text encoders are frozen, so every caption is encoded once, with the pipeline's own
-``encode_prompt``.
+``encode_prompt``. ``--pause-minutes`` stops a denoiser's run at a checkpoint (``DIR/checkpoints/<family>.pt``)
+and ``--resume`` continues it exactly where it stopped.
 """
 
 from __future__ import annotations
@@ -69,6 +71,10 @@ class TrainConfig(BaseModel):
         "epsilon", description="PixArt and UNet only: what the denoiser predicts (saved in the scheduler config)")
     max_seconds: float = Field(0.0, ge=0, description="wall-clock budget; 0 = none. With a budget the "
                                "schedule runs to whichever of steps and seconds comes first, then saves")
+    pause_seconds: float = Field(0.0, ge=0, description="denoiser families: stop this session after this "
+                                 "long, at a checkpoint, without compressing the schedule; resume continues")
+    pause_step: int = Field(0, ge=0, description="denoiser families: stop at this step, at a checkpoint")
+    resume: bool = Field(False, description="denoiser families: continue from the family's checkpoint")
     seed: int = Field(0, ge=0)
     device: str = "cpu"
     log_every: int = Field(25, ge=1)
@@ -114,14 +120,15 @@ def progress(step: int, cfg: TrainConfig, elapsed: float) -> float:
 class _Log:
     """tqdm progress bar plus a JSONL loss log; losses stay on the device between logged steps (no sync)."""
 
-    def __init__(self, path: Path, total: int, desc: str, every: int) -> None:
+    def __init__(self, path: Path, total: int, desc: str, every: int, initial: int = 0,
+                 seconds_before: float = 0.0) -> None:
         from tqdm.auto import tqdm
 
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = path.open("w")
-        self.bar = tqdm(total=total, desc=desc, dynamic_ncols=True, mininterval=2.0)
+        self.file = path.open("a" if initial else "w")
+        self.bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, mininterval=2.0)
         self.every = every
-        self.start = time.perf_counter()
+        self.start = time.perf_counter() - seconds_before  # a resumed run counts its earlier sessions
         self.running: torch.Tensor | None = None
 
     def step(self, step: int, loss: torch.Tensor, lr: float) -> None:
@@ -162,8 +169,14 @@ def train_vae(cfg: TrainConfig, out: Path):
     gen = torch.Generator(device).manual_seed(cfg.seed)
     total = cfg.total_steps()
     log = _Log(out / "train_log.jsonl", total, "vae", cfg.log_every)
+    steps_done = total
     for step in range(total):
-        lr = lr_at(step, cfg)
+        elapsed = time.perf_counter() - log.start
+        if cfg.max_seconds and elapsed >= cfg.max_seconds:
+            steps_done = step
+            log.bar.write(f"vae: wall-clock budget of {cfg.max_seconds:.0f} s reached after {step} steps")
+            break
+        lr = lr_at(step, cfg, elapsed)
         for group in opt.param_groups:
             group["lr"] = lr
         x = pixels[torch.randint(0, len(pixels), (cfg.batch(),), device=device, generator=gen)]  # (B, 3, H, W)
@@ -184,7 +197,7 @@ def train_vae(cfg: TrainConfig, out: Path):
     vae.register_to_config(shift_factor=round(float(mean.mean()), 4),
                            scaling_factor=round(float(1.0 / mean.std()), 4))
     vae.to(torch.float16).save_pretrained(out)
-    _write_summary(out, cfg, seconds, {"vae": vae})
+    _write_summary(out, cfg, seconds, {"vae": vae}, steps_done)
     return vae.to(torch.float32)
 
 
@@ -310,13 +323,25 @@ def train_family(cfg: TrainConfig, out_root: Path, vae=None) -> Path:
     opt = torch.optim.AdamW(transformer.parameters(), lr=cfg.lr, weight_decay=0.0)
     gen = torch.Generator(device).manual_seed(cfg.seed)
     total = cfg.total_steps()
-    log = _Log(out / "train_log.jsonl", total, cfg.family, cfg.log_every)
-    steps_done = total
-    for step in range(total):
+    ckpt_path = checkpoint_path(out_root, cfg.family)
+    first, seconds_before = 0, 0.0
+    if cfg.resume and ckpt_path.is_file():
+        first, seconds_before = _load_checkpoint(ckpt_path, cfg, vae, transformer, ema, opt, gen)
+    log = _Log(out / "train_log.jsonl", total, cfg.family, cfg.log_every, first, seconds_before)
+    session_start = time.perf_counter()
+    steps_done, paused = total, False
+    for step in range(first, total):
         elapsed = time.perf_counter() - log.start
         if cfg.max_seconds and elapsed >= cfg.max_seconds:
             steps_done = step
             log.bar.write(f"{cfg.family}: wall-clock budget of {cfg.max_seconds:.0f} s reached after {step} steps")
+            break
+        if step > first and ((cfg.pause_step and first < cfg.pause_step <= step) or
+                             (cfg.pause_seconds and time.perf_counter() - session_start >= cfg.pause_seconds)):
+            steps_done, paused = step, True
+            _save_checkpoint(ckpt_path, cfg, vae, transformer, ema, opt, gen, step, elapsed)
+            log.bar.write(f"{cfg.family}: paused after {step} of {total} steps; checkpoint {ckpt_path} "
+                          "(run the same command with --resume to continue)")
             break
         lr = lr_at(step, cfg, elapsed)
         for group in opt.param_groups:
@@ -344,16 +369,68 @@ def train_family(cfg: TrainConfig, out_root: Path, vae=None) -> Path:
         for p, e in zip(transformer.parameters(), ema):
             p.copy_(e)
     fp16_exact_(transformer.eval())
-    pipe.to("cpu", torch.float16).save_pretrained(out)
+    pipe.to("cpu", torch.float16).save_pretrained(out)  # a paused run saves its EMA weights so far, to evaluate
     _write_summary(out, cfg, seconds, {k: v for k, v in pipe.components.items() if hasattr(v, "parameters")},
-                   steps_done)
+                   steps_done, paused)
+    if not paused:
+        ckpt_path.unlink(missing_ok=True)
     return out
 
 
+# ----------------------------------------------------------------------------------------------- checkpoints
+RESUME_KEYS = ("family", "world", "steps", "batch_size", "lr", "warmup", "ema", "caption_dropout", "pool",
+               "snr_gamma", "prediction_type", "max_seconds", "seed")
+
+
+def checkpoint_path(out_root: Path, family: str) -> Path:
+    """Where a paused family's training state lives: beside the model folders, never inside one (archives and
+    ``from_pretrained`` see only the model)."""
+    return out_root / "checkpoints" / f"{family}.pt"
+
+
+def _vae_key(vae) -> dict[str, Any]:
+    config = vae.config
+    return {k: config[k] for k in ("sample_size", "latent_channels", "block_out_channels", "scaling_factor",
+                                   "shift_factor")}
+
+
+def _save_checkpoint(path: Path, cfg: TrainConfig, vae, transformer, ema, opt, gen, step: int,
+                     elapsed: float) -> None:
+    """Everything a resumed run needs to continue as if never stopped; written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"config": {k: getattr(cfg, k) for k in RESUME_KEYS}, "vae": _vae_key(vae), "step": step,
+             "seconds": elapsed, "model": transformer.state_dict(), "ema": ema, "optimizer": opt.state_dict(),
+             "generator": gen.get_state()}
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def _load_checkpoint(path: Path, cfg: TrainConfig, vae, transformer, ema, opt, gen) -> tuple[int, float]:
+    """Restore a paused run in place; refuse one that was started with other settings or another VAE."""
+    state = torch.load(path, map_location=cfg.device, weights_only=True)
+    ours = {k: getattr(cfg, k) for k in RESUME_KEYS}
+    diff = {k: (state["config"].get(k), v) for k, v in ours.items() if state["config"].get(k) != v}
+    if diff:
+        raise InputError(f"--resume: the checkpoint {path} was trained with other settings "
+                         f"({', '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in diff.items())}); "
+                         "pass the same options, or delete the checkpoint to start over")
+    if state["vae"] != _vae_key(vae):
+        raise InputError(f"--resume: the checkpoint {path} was trained on another VAE; use the same --out "
+                         "(its vae/ folder), or delete the checkpoint to start over")
+    transformer.load_state_dict(state["model"])
+    with torch.no_grad():
+        for e, saved in zip(ema, state["ema"]):
+            e.copy_(saved)
+    opt.load_state_dict(state["optimizer"])
+    gen.set_state(state["generator"].cpu())
+    return state["step"], state["seconds"]
+
+
 def _write_summary(out: Path, cfg: TrainConfig, seconds: float, modules: dict[str, Any],
-                   steps_done: int | None = None) -> None:
+                   steps_done: int | None = None, paused: bool = False) -> None:
     steps_done = cfg.total_steps() if steps_done is None else steps_done
-    summary = {"config": cfg.model_dump(), "steps": steps_done, "batch_size": cfg.batch(),
+    summary = {"config": cfg.model_dump(), "steps": steps_done, "paused": paused, "batch_size": cfg.batch(),
                "seconds": round(seconds, 1),
                "seconds_per_step": round(seconds / max(1, steps_done), 4),
                "device": torch.cuda.get_device_name(cfg.device) if cfg.device.startswith("cuda") else "cpu",
@@ -407,10 +484,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latent-channels", type=int, default=4, help="VAE only: latent channels")
     p.add_argument("--max-minutes", type=float, default=0.0, help="wall-clock budget per family (0: none); the "
                    "learning-rate schedule follows whichever of steps and time runs out first, then it saves")
+    p.add_argument("--pause-minutes", type=float, default=0.0, help="denoiser families (not the VAE): stop this session "
+                   "after this long at a checkpoint (OUT/checkpoints/<family>.pt) without shortening the schedule, "
+                   "and save the model so far; the same command with --resume continues")
+    p.add_argument("--pause-at-step", type=int, default=0, help="denoiser families: stop at this step, "
+                   "at a checkpoint")
+    p.add_argument("--resume", action="store_true", help="denoiser families: continue from OUT/checkpoints/"
+                   "<family>.pt when it exists (same options required)")
     args = p.parse_args(argv)
     overrides = dict(world=args.world, steps=args.steps, batch_size=args.batch_size, pool=args.pool, seed=args.seed,
                      device=args.device, prediction_type=args.prediction_type, max_seconds=60.0 * args.max_minutes,
-                     vae_factor=args.vae_factor, latent_channels=args.latent_channels)
+                     vae_factor=args.vae_factor, latent_channels=args.latent_channels,
+                     pause_seconds=60.0 * args.pause_minutes, pause_step=args.pause_at_step, resume=args.resume)
     if args.lr is not None:
         overrides["lr"] = args.lr
     for folder in train(args.family, args.out, **overrides):
