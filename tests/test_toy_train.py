@@ -136,6 +136,10 @@ def test_a_paused_and_resumed_run_ends_with_the_weights_of_an_unbroken_one(tmp_p
               for f in (whole, part)]
     assert logged[0] == logged[1] == [0, 5]
 
+    stamp = (part / "training.json").stat().st_mtime_ns
+    train("pixart", tmp_path / "parts", resume=True, **options)  # finished: nothing to resume, nothing rewritten
+    assert (part / "training.json").stat().st_mtime_ns == stamp
+
 
 def test_a_time_pause_stops_after_at_least_one_step(tmp_path):
     (folder,) = train("unet", tmp_path, steps=50, pause_seconds=1e-6, **SMALL)

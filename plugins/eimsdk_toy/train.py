@@ -299,6 +299,11 @@ def train_family(cfg: TrainConfig, out_root: Path, vae=None) -> Path:
     """Train one denoiser family (a transformer, or the UNet) into ``out_root/<family>``; returns that folder."""
     device = torch.device(cfg.device)
     out = out_root / cfg.family
+    if cfg.resume and not checkpoint_path(out_root, cfg.family).is_file() and (out / "training.json").is_file():
+        if not json.loads((out / "training.json").read_text()).get("paused", False):
+            print(f"{cfg.family}: {out} is a finished run and there is no checkpoint; nothing to resume "
+                  "(leave out --resume to train again)")
+            return out
     vae = vae if vae is not None else load_or_train_vae(out_root, cfg)
     pipe = build_pipeline(cfg.family, vae.to(torch.float32), seed=cfg.seed,
                           prediction_type=cfg.prediction_type).to(device)
