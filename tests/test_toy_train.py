@@ -145,3 +145,18 @@ def test_a_time_pause_stops_after_at_least_one_step(tmp_path):
     (folder,) = train("unet", tmp_path, steps=50, pause_seconds=1e-6, **SMALL)
     summary = json.loads((folder / "training.json").read_text())
     assert summary["paused"] and summary["steps"] == 1
+
+
+def test_a_vae_continues_from_a_saved_one_and_refuses_another_layout(tmp_path):
+    from diffusers import AutoencoderKL
+
+    (first,) = train("vae", tmp_path / "a", steps=2, **SMALL)
+    (again,) = train("vae", tmp_path / "b", steps=1, lr=1e-12, warmup=0, init_from=str(first), **SMALL)
+    (fresh,) = train("vae", tmp_path / "c", steps=1, lr=1e-12, warmup=0, **SMALL)
+    weights = [AutoencoderKL.from_pretrained(f).state_dict() for f in (first, again, fresh)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0]), "a tiny step keeps the saved VAE"
+    assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
+    with pytest.raises(InputError, match="latent_channels"):
+        train("vae", tmp_path / "d", steps=1, latent_channels=8, init_from=str(first), **SMALL)
+    with pytest.raises(InputError, match="no VAE there"):
+        train("vae", tmp_path / "e", steps=1, init_from=str(tmp_path / "nothing"), **SMALL)

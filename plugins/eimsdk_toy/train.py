@@ -66,6 +66,8 @@ class TrainConfig(BaseModel):
     kl_weight: float = Field(1e-6, ge=0, le=1, description="VAE only")
     vae_factor: Literal[2, 4] = Field(2, description="VAE only: image side / latent side")
     latent_channels: int = Field(4, ge=1, le=64, description="VAE only: latent channels")
+    init_from: str = Field("", description="VAE only: start from the weights of this AutoencoderKL folder "
+                           "(continue a VAE trained before; its layout must match)")
     snr_gamma: float = Field(5.0, ge=0, le=100, description="min-SNR loss weighting for DDPM (PixArt); 0 = off")
     prediction_type: Literal["epsilon", "v_prediction"] = Field(
         "epsilon", description="PixArt and UNet only: what the denoiser predicts (saved in the scheduler config)")
@@ -164,7 +166,10 @@ def train_vae(cfg: TrainConfig, out: Path):
     torch.manual_seed(cfg.seed)
     pixels, _ = render_pool(cfg.pool, cfg.seed, cfg.world)
     pixels = pixels.to(device)
-    vae = build_vae(cfg.seed, get_world(cfg.world).image_size, cfg.vae_factor, cfg.latent_channels).to(device).train()
+    vae = build_vae(cfg.seed, get_world(cfg.world).image_size, cfg.vae_factor, cfg.latent_channels)
+    if cfg.init_from:
+        _init_vae_from(vae, Path(cfg.init_from))
+    vae = vae.to(device).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
     gen = torch.Generator(device).manual_seed(cfg.seed)
     total = cfg.total_steps()
@@ -199,6 +204,22 @@ def train_vae(cfg: TrainConfig, out: Path):
     vae.to(torch.float16).save_pretrained(out)
     _write_summary(out, cfg, seconds, {"vae": vae}, steps_done)
     return vae.to(torch.float32)
+
+
+def _init_vae_from(vae, folder: Path) -> None:
+    """Load the weights of the VAE in ``folder`` into ``vae``; refuse another layout, naming what differs."""
+    from diffusers import AutoencoderKL
+
+    if not (folder / "config.json").is_file():
+        raise InputError(f"--init-from {folder}: no VAE there (no config.json); pass a folder a VAE was saved to")
+    source = AutoencoderKL.from_pretrained(folder, torch_dtype=torch.float32)
+    keys = ("sample_size", "latent_channels", "block_out_channels", "layers_per_block")
+    diff = [f"{k}: {source.config[k]!r} there, {vae.config[k]!r} here" for k in keys
+            if list(np.atleast_1d(source.config[k])) != list(np.atleast_1d(vae.config[k]))]
+    if diff:
+        raise InputError(f"--init-from {folder}: another VAE layout ({'; '.join(diff)}); pass the --world, "
+                         "--vae-factor and --latent-channels it was trained with")
+    vae.load_state_dict(source.state_dict())
 
 
 def load_or_train_vae(out_root: Path, cfg: TrainConfig):
@@ -487,6 +508,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vae-factor", type=int, default=2, choices=[2, 4], help="VAE only: downsampling factor "
                    "(4: a third block; 64 px world-2 scenes give 16x16 latents, as many tokens as world 1)")
     p.add_argument("--latent-channels", type=int, default=4, help="VAE only: latent channels")
+    p.add_argument("--init-from", default="", help="VAE only: continue from the VAE saved in this folder "
+                   "(a fresh optimiser and schedule; same layout required)")
     p.add_argument("--max-minutes", type=float, default=0.0, help="wall-clock budget per family (0: none); the "
                    "learning-rate schedule follows whichever of steps and time runs out first, then it saves")
     p.add_argument("--pause-minutes", type=float, default=0.0, help="denoiser families (not the VAE): stop this session "
@@ -499,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     overrides = dict(world=args.world, steps=args.steps, batch_size=args.batch_size, pool=args.pool, seed=args.seed,
                      device=args.device, prediction_type=args.prediction_type, max_seconds=60.0 * args.max_minutes,
-                     vae_factor=args.vae_factor, latent_channels=args.latent_channels,
+                     vae_factor=args.vae_factor, latent_channels=args.latent_channels, init_from=args.init_from,
                      pause_seconds=60.0 * args.pause_minutes, pause_step=args.pause_at_step, resume=args.resume)
     if args.lr is not None:
         overrides["lr"] = args.lr
