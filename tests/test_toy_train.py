@@ -160,3 +160,15 @@ def test_a_vae_continues_from_a_saved_one_and_refuses_another_layout(tmp_path):
         train("vae", tmp_path / "d", steps=1, latent_channels=8, init_from=str(first), **SMALL)
     with pytest.raises(InputError, match="no VAE there"):
         train("vae", tmp_path / "e", steps=1, init_from=str(tmp_path / "nothing"), **SMALL)
+
+
+def test_a_vae_trained_in_this_process_and_loaded_from_disk_are_one_vae_for_resume(tmp_path):
+    from diffusers import AutoencoderKL
+
+    from eimsdk_toy.train import _vae_key, train_vae
+
+    trained = train_vae(TrainConfig(family="vae", steps=1, **SMALL), tmp_path / "vae")  # config holds tuples
+    loaded = AutoencoderKL.from_pretrained(tmp_path / "vae")  # config read back from JSON holds lists
+    assert _vae_key(trained) == _vae_key(loaded)
+    assert _vae_key(trained) != _vae_key(AutoencoderKL.from_pretrained(
+        train("vae", tmp_path / "other", steps=1, latent_channels=8, **SMALL)[0]))

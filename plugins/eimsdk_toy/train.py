@@ -206,6 +206,14 @@ def train_vae(cfg: TrainConfig, out: Path):
     return vae.to(torch.float32)
 
 
+VAE_LAYOUT = ("sample_size", "latent_channels", "block_out_channels", "layers_per_block")
+
+
+def _vae_config(vae, keys: tuple[str, ...]) -> dict[str, Any]:
+    """``keys`` of a VAE's config, comparable whether the VAE was built here (tuples) or loaded (lists)."""
+    return {k: list(v) if isinstance(v, (list, tuple)) else v for k in keys for v in [vae.config[k]]}
+
+
 def _init_vae_from(vae, folder: Path) -> None:
     """Load the weights of the VAE in ``folder`` into ``vae``; refuse another layout, naming what differs."""
     from diffusers import AutoencoderKL
@@ -213,9 +221,8 @@ def _init_vae_from(vae, folder: Path) -> None:
     if not (folder / "config.json").is_file():
         raise InputError(f"--init-from {folder}: no VAE there (no config.json); pass a folder a VAE was saved to")
     source = AutoencoderKL.from_pretrained(folder, torch_dtype=torch.float32)
-    keys = ("sample_size", "latent_channels", "block_out_channels", "layers_per_block")
-    diff = [f"{k}: {source.config[k]!r} there, {vae.config[k]!r} here" for k in keys
-            if list(np.atleast_1d(source.config[k])) != list(np.atleast_1d(vae.config[k]))]
+    theirs, ours = _vae_config(source, VAE_LAYOUT), _vae_config(vae, VAE_LAYOUT)
+    diff = [f"{k}: {theirs[k]!r} there, {ours[k]!r} here" for k in VAE_LAYOUT if theirs[k] != ours[k]]
     if diff:
         raise InputError(f"--init-from {folder}: another VAE layout ({'; '.join(diff)}); pass the --world, "
                          "--vae-factor and --latent-channels it was trained with")
@@ -415,9 +422,8 @@ def checkpoint_path(out_root: Path, family: str) -> Path:
 
 
 def _vae_key(vae) -> dict[str, Any]:
-    config = vae.config
-    return {k: config[k] for k in ("sample_size", "latent_channels", "block_out_channels", "scaling_factor",
-                                   "shift_factor")}
+    """What identifies the VAE a checkpoint was trained on: its layout and its latent scaling (set from data)."""
+    return _vae_config(vae, (*VAE_LAYOUT, "scaling_factor", "shift_factor"))
 
 
 def _save_checkpoint(path: Path, cfg: TrainConfig, vae, transformer, ema, opt, gen, step: int,
