@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m eimsdk_toy.recipe --out DIR --device cuda [--vae-minutes 1.5] [--minutes 3.5]
+    python -m eimsdk_toy.recipe --out DIR --device cuda [--vae-minutes 1.5] [--minutes 3.5] [--pause-minutes M]
 
 1. the shared world-2 VAE (``DIR/vae``), then its round trip read back by the ``toy2`` reader
    (``DIR/vae_roundtrip.json``: every attribute, named and unnamed);

@@ -151,6 +151,14 @@ class _Log:
         return time.perf_counter() - self.start
 
 
+def _budget_spent(cfg: TrainConfig, elapsed: float, step: int, log: _Log) -> bool:
+    """Whether ``--max-minutes`` has run out (then say so in the log); the training loops stop there and save."""
+    if cfg.max_seconds and elapsed >= cfg.max_seconds:
+        log.bar.write(f"{cfg.family}: wall-clock budget of {cfg.max_seconds:.0f} s reached after {step} steps")
+        return True
+    return False
+
+
 def _autocast(device: torch.device, family: str = "vae"):
     """bf16 autocast on CUDA, except Flux: its backward under bf16 autocast failed on an H100 with
     ``CUBLAS_STATUS_EXECUTION_FAILED`` (torch 2.11, diffusers 0.42.1), so Flux trains in fp32 (TF32 matmuls)."""
@@ -177,9 +185,8 @@ def train_vae(cfg: TrainConfig, out: Path):
     steps_done = total
     for step in range(total):
         elapsed = time.perf_counter() - log.start
-        if cfg.max_seconds and elapsed >= cfg.max_seconds:
+        if _budget_spent(cfg, elapsed, step, log):
             steps_done = step
-            log.bar.write(f"vae: wall-clock budget of {cfg.max_seconds:.0f} s reached after {step} steps")
             break
         lr = lr_at(step, cfg, elapsed)
         for group in opt.param_groups:
@@ -365,9 +372,8 @@ def train_family(cfg: TrainConfig, out_root: Path, vae=None) -> Path:
     steps_done, paused = total, False
     for step in range(first, total):
         elapsed = time.perf_counter() - log.start
-        if cfg.max_seconds and elapsed >= cfg.max_seconds:
+        if _budget_spent(cfg, elapsed, step, log):
             steps_done = step
-            log.bar.write(f"{cfg.family}: wall-clock budget of {cfg.max_seconds:.0f} s reached after {step} steps")
             break
         if step > first and ((cfg.pause_step and first < cfg.pause_step <= step) or
                              (cfg.pause_seconds and time.perf_counter() - session_start >= cfg.pause_seconds)):
@@ -518,9 +524,9 @@ def main(argv: list[str] | None = None) -> int:
                    "(a fresh optimiser and schedule; same layout required)")
     p.add_argument("--max-minutes", type=float, default=0.0, help="wall-clock budget per family (0: none); the "
                    "learning-rate schedule follows whichever of steps and time runs out first, then it saves")
-    p.add_argument("--pause-minutes", type=float, default=0.0, help="denoiser families (not the VAE): stop this session "
-                   "after this long at a checkpoint (OUT/checkpoints/<family>.pt) without shortening the schedule, "
-                   "and save the model so far; the same command with --resume continues")
+    p.add_argument("--pause-minutes", type=float, default=0.0, help="denoiser families (not the VAE): stop this "
+                   "session after this long at a checkpoint (OUT/checkpoints/<family>.pt) without shortening the "
+                   "schedule, and save the model so far; the same command with --resume continues")
     p.add_argument("--pause-at-step", type=int, default=0, help="denoiser families: stop at this step, "
                    "at a checkpoint")
     p.add_argument("--resume", action="store_true", help="denoiser families: continue from OUT/checkpoints/"
