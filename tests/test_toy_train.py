@@ -172,3 +172,18 @@ def test_a_vae_trained_in_this_process_and_loaded_from_disk_are_one_vae_for_resu
     assert _vae_key(trained) == _vae_key(loaded)
     assert _vae_key(trained) != _vae_key(AutoencoderKL.from_pretrained(
         train("vae", tmp_path / "other", steps=1, latent_channels=8, **SMALL)[0]))
+
+
+def test_edge_loss_weighs_edges_not_offsets():
+    from eimsdk_toy.train import _edge_l1
+
+    sharp = torch.zeros(1, 3, 8, 8)
+    sharp[..., 4:] = 1.0  # a vertical edge
+    soft = sharp.clone()
+    soft[..., 3], soft[..., 4] = 0.25, 0.75  # the same edge, softened
+    assert _edge_l1(sharp, sharp) == 0
+    assert _edge_l1(sharp + 0.3, sharp) < 1e-7  # a uniform offset has the same differences
+    assert _edge_l1(soft, sharp) > 0.01  # a softened edge does not
+    assert TrainConfig(family="vae", edge_weight=1.0).edge_weight == 1.0
+    with pytest.raises(ValidationError):
+        TrainConfig(family="vae", edge_weight=-1.0)

@@ -64,6 +64,8 @@ class TrainConfig(BaseModel):
     caption_dropout: float = Field(0.1, ge=0, le=1, description="share of empty captions (for guidance)")
     pool: int = Field(16384, ge=64, le=1_000_000, description="rendered scenes to train on")
     kl_weight: float = Field(1e-6, ge=0, le=1, description="VAE only")
+    edge_weight: float = Field(0.0, ge=0, le=100, description="VAE only: weight of an L1 loss on pixel "
+                               "differences (edges, corners, thin rings) beside the L1 + MSE on pixels")
     vae_factor: Literal[2, 4] = Field(2, description="VAE only: image side / latent side")
     latent_channels: int = Field(4, ge=1, le=64, description="VAE only: latent channels")
     init_from: str = Field("", description="VAE only: start from the weights of this AutoencoderKL folder "
@@ -197,6 +199,8 @@ def train_vae(cfg: TrainConfig, out: Path):
             rec = vae.decode(posterior.sample(generator=gen)).sample
         rec = rec.float()
         loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + cfg.kl_weight * posterior.kl().mean()
+        if cfg.edge_weight:
+            loss = loss + cfg.edge_weight * _edge_l1(rec, x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -211,6 +215,11 @@ def train_vae(cfg: TrainConfig, out: Path):
     vae.to(torch.float16).save_pretrained(out)
     _write_summary(out, cfg, seconds, {"vae": vae}, steps_done)
     return vae.to(torch.float32)
+
+
+def _edge_l1(rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """L1 between the horizontal and the vertical pixel differences of two (B, C, H, W) batches."""
+    return F.l1_loss(rec.diff(dim=-1), x.diff(dim=-1)) + F.l1_loss(rec.diff(dim=-2), x.diff(dim=-2))
 
 
 VAE_LAYOUT = ("sample_size", "latent_channels", "block_out_channels", "layers_per_block")
@@ -522,6 +531,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latent-channels", type=int, default=4, help="VAE only: latent channels")
     p.add_argument("--init-from", default="", help="VAE only: continue from the VAE saved in this folder "
                    "(a fresh optimiser and schedule; same layout required)")
+    p.add_argument("--edge-weight", type=float, default=0.0, help="VAE only: weight of an L1 loss on pixel "
+                   "differences, which sharpens corners and thin rings (0: off)")
     p.add_argument("--max-minutes", type=float, default=0.0, help="wall-clock budget per family (0: none); the "
                    "learning-rate schedule follows whichever of steps and time runs out first, then it saves")
     p.add_argument("--pause-minutes", type=float, default=0.0, help="denoiser families (not the VAE): stop this "
@@ -535,6 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = dict(world=args.world, steps=args.steps, batch_size=args.batch_size, pool=args.pool, seed=args.seed,
                      device=args.device, prediction_type=args.prediction_type, max_seconds=60.0 * args.max_minutes,
                      vae_factor=args.vae_factor, latent_channels=args.latent_channels, init_from=args.init_from,
+                     edge_weight=args.edge_weight,
                      pause_seconds=60.0 * args.pause_minutes, pause_step=args.pause_at_step, resume=args.resume)
     if args.lr is not None:
         overrides["lr"] = args.lr
