@@ -15,20 +15,15 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from eimsdk.bench.stats import wilson_interval
+from eimsdk_toy.evaluate import eval_specs, render_pixels, score, vae_roundtrip_images
 from eimsdk_toy.readers2 import Toy2Reader
-from eimsdk_toy.world2 import ATTRIBUTES, random_spec, render
+from eimsdk_toy.worlds import get_world
 
-
-def scenes(n: int) -> tuple[list, torch.Tensor]:
-    rng = np.random.default_rng(31)
-    specs = [random_spec(rng) for _ in range(n)]
-    pixels = np.stack([np.asarray(render(s), dtype=np.float32) for s in specs])  # (N, 64, 64, 3)
-    return specs, torch.from_numpy(pixels).permute(0, 3, 1, 2) / 127.5 - 1.0
+SCENE_SEED = 31
 
 
 def binomial_blur(x: torch.Tensor) -> torch.Tensor:
@@ -40,18 +35,13 @@ def binomial_blur(x: torch.Tensor) -> torch.Tensor:
 def vae_roundtrip(x: torch.Tensor, folder: str) -> torch.Tensor:
     from diffusers import AutoencoderKL
 
-    vae = AutoencoderKL.from_pretrained(folder, torch_dtype=torch.float32).eval()
-    with torch.no_grad():
-        return torch.cat([vae.decode(vae.encode(c).latent_dist.mode()).sample for c in x.split(64)])
+    return vae_roundtrip_images(AutoencoderKL.from_pretrained(folder, torch_dtype=torch.float32).eval(), x)
 
 
 def measure(specs: list, images: torch.Tensor) -> dict:
-    readings = Toy2Reader().read(images.clamp(-1, 1))
-    right = {a: np.asarray([r[a] == getattr(s, a) for s, r in zip(specs, readings)]) for a in ATTRIBUTES}
-    every = np.all(np.stack(list(right.values())), axis=0)
-    low, high = wilson_interval(int(every.sum()), len(specs))
-    return {"n": len(specs), "all": float(every.mean()), "all_ci": [low, high],
-            "attributes": {a: float(v.mean()) for a, v in right.items()}}
+    result = score(specs, Toy2Reader().read(images.clamp(-1, 1)))
+    low, high = wilson_interval(round(result["all"] * result["n"]), result["n"])
+    return {**result, "all_ci": [low, high]}
 
 
 def row(name: str, result: dict) -> str:
@@ -65,12 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=1000, help="scenes per measurement (clean renders: 3 x n)")
     p.add_argument("--vae", action="append", default=[], help="also a round trip through this VAE folder")
-    p.add_argument("--world1-vae", default=str(Path(__file__).parents[1] / "plugins/eimsdk_toy/weights/vae"))
+    p.add_argument("--world1-vae", default=str(get_world(1).weights / "vae"), help="the world-1 VAE to compare")
     p.add_argument("--only-vae", action="store_true", help="only the --vae round trips")
     p.add_argument("--out", default=None, help="write every result as JSON here")
     args = p.parse_args(argv)
     results: dict[str, dict] = {}
-    specs, x = scenes(3 * args.n if not args.only_vae else args.n)
+    specs = eval_specs(3 * args.n if not args.only_vae else args.n, SCENE_SEED, world=2)
+    x = render_pixels(specs, world=2)
     if not args.only_vae:
         results["clean renders"] = measure(specs, x)
         specs, x = specs[:args.n], x[:args.n]

@@ -78,7 +78,8 @@ def unnamed_statistics(sampled: Sequence[dict[str, str]], training: Sequence[dic
     return out
 
 
-def _pixels(specs: Sequence[Any], world: int = 1) -> torch.Tensor:
+def render_pixels(specs: Sequence[Any], world: int = 1) -> torch.Tensor:
+    """The scenes of ``specs`` as a (B, 3, H, W) float tensor in [-1, 1]."""
     arr = np.stack([np.asarray(get_world(world).render(s), dtype=np.float32) for s in specs])  # (B, H, W, 3)
     return torch.from_numpy(arr / 127.5 - 1.0).permute(0, 3, 1, 2).contiguous()
 
@@ -126,12 +127,16 @@ def evaluate_sampling(pipe, family: str, n: int, *, steps: int = 20, guidance: f
 
 
 @torch.no_grad()
+def vae_roundtrip_images(vae, x: torch.Tensor) -> torch.Tensor:
+    """``x`` (B, 3, H, W) in [-1, 1] through ``vae``: encode, posterior mode, decode, in chunks of 64."""
+    return torch.cat([vae.decode(vae.encode(c).latent_dist.mode()).sample for c in x.split(64)])
+
+
+@torch.no_grad()
 def evaluate_vae(pipe, family: str, n: int, *, seed: int = EVAL_SEED + 1, device: str = "cpu", world: int = 1
                  ) -> dict[str, Any]:
     specs = eval_specs(n, seed, world)
-    vae = pipe.vae
-    x = _pixels(specs, world).to(device)
-    rec = torch.cat([vae.decode(vae.encode(c).latent_dist.mode()).sample for c in x.split(64)]).clamp(-1, 1)
+    rec = vae_roundtrip_images(pipe.vae, render_pixels(specs, world).to(device)).clamp(-1, 1)
     return score(specs, get_world(world).reader().read(rec.cpu()))
 
 
@@ -149,7 +154,7 @@ def evaluate_inversion(model: str | Path, n: int, *, steps: int = 50, batch: int
     for i in range(0, n, batch):
         chunk = specs[i:i + batch]
         with torch.no_grad():
-            z0 = encoder.encode_images(_pixels(chunk, world).to(encoder.device, encoder.dtype))
+            z0 = encoder.encode_images(render_pixels(chunk, world).to(encoder.device, encoder.dtype))
             cond = encoder.encode_prompts([toy.caption(s) for s in chunk])
             z_t = encoder.invert(z0, cond, 1.0, steps)
             images = encoder.decode_latents(encoder.sample(z_t, cond, 1.0, steps))

@@ -219,8 +219,8 @@ def read_array(pixels: np.ndarray) -> Toy2Reading:
         hue = np.median(pixels[inner] if inner.sum() >= 3 else pixels[mask], axis=0)
         # Soft coverage: distance from the grey, relative to the object's full colour, around its pixels.
         full = max(float(np.percentile(distance[mask], 90)), _OBJECT_DISTANCE)
-        around = np.zeros_like(mask)
-        around[_quadrant(extra_at, size)] = _dilate(mask, 2 * px)[_quadrant(extra_at, size)]
+        around, quadrant = np.zeros_like(mask), _quadrant(extra_at, size)
+        around[quadrant] = _dilate(mask, 2 * px)[quadrant]
         coverage = np.clip((distance - _COVERAGE_FLOOR) / (full - _COVERAGE_FLOOR), 0.0, 1.0) * around
         h3, h4 = _harmonics(coverage)
         features.update(extra_harmonic3=h3, extra_harmonic4=h4)
