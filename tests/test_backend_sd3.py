@@ -11,6 +11,7 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transfo
 from PIL import Image
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from eimsdk.backends.diffusers_base import ENCODER_OPTIONS_KEY
 from eimsdk.errors import InputError
 from eimsdk.records import Conditioning
 from eimsdk.testing.contract import EncoderContract
@@ -133,6 +134,40 @@ def test_encode_prompts_matches_pipeline(encoder, pipe, prompts):
     torch.testing.assert_close(cond.embeds["prompt_embeds"], embeds, atol=1e-6, rtol=0)
     torch.testing.assert_close(cond.embeds["pooled_prompt_embeds"], pooled, atol=1e-6, rtol=0)
     assert cond.embeds["prompt_embeds"].shape[1] == 77 + 256
+
+
+@pytest.fixture
+def stored_path(tiny_path, tmp_path):
+    """A copy of the tiny folder whose ``model_index.json`` stores encoder options (a model trained with them)."""
+    import json
+    import shutil
+
+    shutil.copytree(tiny_path, tmp_path / "m")
+
+    def store(options):
+        index = json.loads((tmp_path / "m" / "model_index.json").read_text())
+        index[ENCODER_OPTIONS_KEY] = options
+        (tmp_path / "m" / "model_index.json").write_text(json.dumps(index))
+        return tmp_path / "m"
+    return store
+
+
+def test_options_stored_in_model_index_are_the_loading_defaults(stored_path, pipe):
+    path = stored_path({"max_sequence_length": 24})
+    encoder = SD3Encoder.from_pretrained(path)
+    assert encoder.max_sequence_length == 24
+    cond = encoder.encode_prompts(PROMPTS)
+    with torch.no_grad():
+        embeds, _, _, _ = pipe.encode_prompt(PROMPTS, None, None, do_classifier_free_guidance=False,
+                                             max_sequence_length=24)
+    torch.testing.assert_close(cond.embeds["prompt_embeds"], embeds, atol=1e-6, rtol=0)
+    assert SD3Encoder.from_pretrained(path, max_sequence_length=40).max_sequence_length == 40  # the caller wins
+
+
+@pytest.mark.parametrize("stored", [{"max_sequence_lenght": 24}, [24]], ids=["unknown_option", "not_an_object"])
+def test_bad_stored_options_name_the_entry_and_the_backend_options(stored_path, stored):
+    with pytest.raises(InputError, match=f"{ENCODER_OPTIONS_KEY}.*max_sequence_length"):
+        SD3Encoder.from_pretrained(stored_path(stored))
 
 
 def test_max_sequence_length_option(pipe):

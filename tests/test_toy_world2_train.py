@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import diffusers
+from eimsdk.editor import Editor
 from eimsdk_toy.evaluate import markdown, world_of
-from eimsdk_toy.models import FAMILIES, PIPELINES, sample_kwargs
+from eimsdk_toy.models import FAMILIES, PIPELINES, encoder_options, sample_kwargs
 from eimsdk_toy.train import main, train
 from eimsdk_toy.world2 import NAMED, UNNAMED
 
@@ -33,10 +34,17 @@ def test_world2_training_writes_a_64px_pipeline(out_root, family):
     assert summary["config"]["world"] == 2 and summary["steps"] == 3 and world_of(folder) == 2
     pipe = getattr(diffusers, PIPELINES[family]).from_pretrained(folder, torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
-    image = pipe("a small dark blue dotted square with a ring at the top left on a white background",
-                 num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pt",
-                 **sample_kwargs(family, 64)).images
+    prompt = "a small dark blue dotted square with a ring at the top left on a white background"
+    image = pipe(prompt, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pt",
+                 **sample_kwargs(family, 64, encoder_options(folder))).images
     assert image.shape == (1, 3, 64, 64) and torch.isfinite(image).all()
+    if family in ("sd3", "flux"):  # trained on a 32-token text context, which every loader must use too
+        assert encoder_options(folder) == {"max_sequence_length": 32}
+        assert pipe.tokenizer.model_max_length == 32
+        embeds = Editor.from_pretrained(str(folder)).encoder.encode_prompts([prompt]).embeds["prompt_embeds"]
+        assert embeds.shape[1] == (32 + 32 if family == "sd3" else 32)  # SD3: CLIP then T5
+    else:
+        assert encoder_options(folder) == {}
 
 
 def test_recipe_trains_evaluates_and_archives_each_model(out_root, tmp_path, capsys):

@@ -26,6 +26,9 @@ from eimsdk.records import Conditioning
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 #: keyword arguments of ``from_pretrained`` that also apply to reading ``model_index.json``.
 HUB_KWARGS = ("revision", "local_files_only", "cache_dir", "token", "force_download", "proxies")
+#: ``model_index.json`` key with the encoder options a model was trained with (e.g. a short T5 context), the
+#: defaults of :meth:`DiffusersEncoder.from_pretrained`; diffusers ignores keys that start with ``_``.
+ENCODER_OPTIONS_KEY = "_eimsdk_encoder_options"
 
 
 class DiffusersEncoder(Encoder):
@@ -84,10 +87,12 @@ class DiffusersEncoder(Encoder):
                              "device='cpu'; pass device='cuda' (or drop cpu_offload: on CPU everything already lives "
                              "in main memory)")
         hub_kwargs = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
-        class_name = diffusers.DiffusionPipeline.load_config(str(path), **hub_kwargs).get("_class_name")
+        index = diffusers.DiffusionPipeline.load_config(str(path), **hub_kwargs)
+        class_name = index.get("_class_name")
         if class_name not in cls.pipeline_classes:
             raise InputError(f"path={str(path)!r} holds a {class_name!r}, not one of {list(cls.pipeline_classes)}; "
                              "load it with the backend of its family (`eimsdk plugins` lists them)")
+        options = {**cls.stored_options(index, path), **options}
         with warnings.catch_warnings():  # newer diffusers call torch_dtype `dtype`; older ones know only torch_dtype
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
             pipe = getattr(diffusers, class_name).from_pretrained(str(path), torch_dtype=dtype, **kwargs)
@@ -103,6 +108,19 @@ class DiffusersEncoder(Encoder):
         encoder = cls(pipe, model_id=str(path), **options)
         encoder.device, encoder.cpu_offload = torch_device, cpu_offload
         return encoder
+
+    @classmethod
+    def stored_options(cls, index: dict[str, Any], path: Any = None) -> dict[str, Any]:
+        """The encoder options a model folder stores in its ``model_index.json`` (:data:`ENCODER_OPTIONS_KEY`):
+        defaults that the caller's options override. A model trained with a short text context stores it
+        here, so every loader encodes prompts the way the model was trained."""
+        stored = index.get(ENCODER_OPTIONS_KEY) or {}
+        unknown = sorted(set(stored) - set(cls.options)) if isinstance(stored, dict) else ["(not a JSON object)"]
+        if unknown:
+            raise InputError(f"path={str(path)!r}: model_index.json's {ENCODER_OPTIONS_KEY} names {unknown}, which "
+                             f"the {cls.family} backend does not take (its options: {list(cls.options)}); fix or "
+                             "remove that entry")
+        return dict(stored)
 
     @classmethod
     def from_pipeline(cls, pipe: Any, model_id: str | None = None, **options: Any) -> "DiffusersEncoder":

@@ -25,8 +25,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from eimsdk.backends.diffusers_base import ENCODER_OPTIONS_KEY
 from eimsdk.errors import InputError
-from eimsdk_toy.models import PIPELINES, sample_kwargs
+from eimsdk_toy.models import PIPELINES, encoder_options, sample_kwargs
 from eimsdk_toy.worlds import get_world
 
 EVAL_SEED = 10_000  # scenes for evaluation come from seeds the training pool never draws from
@@ -89,6 +90,9 @@ def load_pipeline(model: str | Path, device: str = "cpu"):
 
     family = family_of(model)
     pipe = getattr(diffusers, PIPELINES[family]).from_pretrained(str(model), torch_dtype=torch.float32)
+    stored = encoder_options(model)  # diffusers drops model_index.json's private keys from pipe.config
+    if stored:
+        pipe.register_to_config(**{ENCODER_OPTIONS_KEY: stored})
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device), family
 
@@ -97,7 +101,7 @@ def load_pipeline(model: str | Path, device: str = "cpu"):
 def sample_images(pipe, family: str, prompts: Sequence[str], *, steps: int, guidance: float, seed: int,
                   device: str = "cpu", image_size: int = 32) -> torch.Tensor:
     """The pipeline's own text-to-image; (B, 3, S, S) in [-1, 1]. Flux gets true CFG with the empty prompt."""
-    kw = sample_kwargs(family, image_size)
+    kw = sample_kwargs(family, image_size, encoder_options(pipe))
     gen = torch.Generator(device).manual_seed(seed)
     if family == "flux":
         kw.update(true_cfg_scale=guidance, negative_prompt=[""] * len(prompts))

@@ -70,14 +70,15 @@ def build_t5(seed: int):
     return fp16_exact_(T5EncoderModel(config).eval()).requires_grad_(False), tok
 
 
-def build_clip(seed: int, hidden_size: int, with_projection: bool):
-    """A frozen random CLIP text encoder on the offline byte-level BPE tokenizer (bos/eos/pad ids matching)."""
+def build_clip(seed: int, hidden_size: int, with_projection: bool, max_length: int = CLIP_MAX_LENGTH):
+    """A frozen random CLIP text encoder on the offline byte-level BPE tokenizer (bos/eos/pad ids matching);
+    ``max_length`` tokens (the pipelines pad CLIP to the tokenizer's ``model_max_length``)."""
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    tok = build_clip_tokenizer(CLIP_MAX_LENGTH)
+    tok = build_clip_tokenizer(max_length)
     config = CLIPTextConfig(
         vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=CLIP_MAX_LENGTH, projection_dim=hidden_size,
+        num_attention_heads=4, max_position_embeddings=max_length, projection_dim=hidden_size,
         hidden_act="gelu", layer_norm_eps=1e-5,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
     )
@@ -167,13 +168,21 @@ def vae_for(family: str, vae):
     return out
 
 
-def build_pipeline(family: str, vae, seed: int = 0, prediction_type: str = "epsilon"):
+def build_pipeline(family: str, vae, seed: int = 0, prediction_type: str = "epsilon", text_tokens: int | None = None):
     """An untrained pipeline of the family around the shared (trained) ``vae`` (its latents set the transformer's
-    input size and channels); text encoders are seeded."""
+    input size and channels); text encoders are seeded.
+
+    ``text_tokens`` (SD3 and Flux): the text context of the joint attention, every CLIP and T5 sequence padded
+    to that many tokens instead of the pipelines' 77 + 256 (SD3) or 512 (Flux). The T5 length is stored in
+    ``model_index.json`` (:func:`encoder_options`), so every loader encodes prompts the way the model trained."""
     import diffusers
+
+    from eimsdk.backends.diffusers_base import ENCODER_OPTIONS_KEY
 
     if family not in FAMILIES:
         raise ValueError(f"family={family!r} is not one of {FAMILIES}")
+    short = text_tokens if family in ("sd3", "flux") else None
+    clip_length = short or CLIP_MAX_LENGTH
     latent = (latent_size_of(vae), vae.config.latent_channels)
     parts: dict[str, Any] = dict(vae=vae_for(family, vae), scheduler=build_scheduler(family, prediction_type))
     if family == "unet":
@@ -185,20 +194,37 @@ def build_pipeline(family: str, vae, seed: int = 0, prediction_type: str = "epsi
     if family == "pixart":
         parts["text_encoder"], parts["tokenizer"] = build_t5(seed + 1)
     elif family == "sd3":
-        parts["text_encoder"], parts["tokenizer"] = build_clip(seed + 1, 32, with_projection=True)
-        parts["text_encoder_2"], parts["tokenizer_2"] = build_clip(seed + 2, 32, with_projection=True)
+        parts["text_encoder"], parts["tokenizer"] = build_clip(seed + 1, 32, True, clip_length)
+        parts["text_encoder_2"], parts["tokenizer_2"] = build_clip(seed + 2, 32, True, clip_length)
         parts["text_encoder_3"], parts["tokenizer_3"] = build_t5(seed + 3)
     elif family == "flux":
-        parts["text_encoder"], parts["tokenizer"] = build_clip(seed + 1, 64, with_projection=False)
+        parts["text_encoder"], parts["tokenizer"] = build_clip(seed + 1, 64, False, clip_length)
         parts["text_encoder_2"], parts["tokenizer_2"] = build_t5(seed + 2)
     pipe = getattr(diffusers, PIPELINES[family])(**parts)
+    if short:
+        pipe.register_to_config(**{ENCODER_OPTIONS_KEY: {"max_sequence_length": short}})
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def sample_kwargs(family: str, image_size: int = IMAGE_SIZE) -> dict[str, Any]:
-    """Pipeline call arguments every toy model needs (size; PixArt has no resolution bins at this size)."""
+def encoder_options(pipe_or_folder: Any) -> dict[str, Any]:
+    """The encoder options a toy pipeline (built here) or model folder stores (``{}``: the pipelines' defaults)."""
+    import diffusers
+
+    from eimsdk.backends.diffusers_base import ENCODER_OPTIONS_KEY
+
+    config = getattr(pipe_or_folder, "config", None)
+    if config is None:
+        config = diffusers.DiffusionPipeline.load_config(str(pipe_or_folder))
+    return dict(config.get(ENCODER_OPTIONS_KEY) or {})
+
+
+def sample_kwargs(family: str, image_size: int = IMAGE_SIZE, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Pipeline call arguments every toy model needs (size; PixArt has no resolution bins at this size; the
+    stored text context, ``options`` from :func:`encoder_options`)."""
     kw: dict[str, Any] = {"height": image_size, "width": image_size}
+    if options and "max_sequence_length" in options:
+        kw["max_sequence_length"] = options["max_sequence_length"]
     if family == "pixart":
         kw["use_resolution_binning"] = False
     return kw

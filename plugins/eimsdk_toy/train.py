@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from eimsdk.errors import InputError
-from eimsdk_toy.models import (FAMILIES, LATENT_SIZE, build_pipeline, build_vae, denoiser_name, fp16_exact_,
-                                latent_size_of)
+from eimsdk_toy.models import (FAMILIES, LATENT_SIZE, build_pipeline, build_vae, denoiser_name, encoder_options,
+                               fp16_exact_, latent_size_of)
 from eimsdk_toy.worlds import get_world, render_many
 
 # Default (steps, batch size) per device type. CPU: each family in under two hours on a 2-core CPU; CUDA: the
@@ -259,8 +259,10 @@ def load_or_train_vae(out_root: Path, cfg: TrainConfig):
 # ----------------------------------------------------------------------------------------------- captions
 @torch.no_grad()
 def encode_captions(pipe, family: str, captions: list[str], device: torch.device) -> dict[str, torch.Tensor]:
-    """Every caption through the pipeline's own ``encode_prompt`` (exactly what sampling feeds the model)."""
+    """Every caption through the pipeline's own ``encode_prompt`` (exactly what sampling feeds the model, with
+    the text context the pipeline stores)."""
     rows: list[dict[str, torch.Tensor]] = []
+    kw = {k: v for k, v in encoder_options(pipe).items() if k == "max_sequence_length"}
     for i in range(0, len(captions), 64):
         chunk = captions[i:i + 64]
         if family == "pixart":
@@ -268,13 +270,13 @@ def encode_captions(pipe, family: str, captions: list[str], device: torch.device
             rows.append({"prompt_embeds": embeds, "mask": mask})
         elif family == "sd3":
             embeds, _, pooled, _ = pipe.encode_prompt(chunk, chunk, chunk, device=device,
-                                                      do_classifier_free_guidance=False)
+                                                      do_classifier_free_guidance=False, **kw)
             rows.append({"prompt_embeds": embeds, "pooled": pooled})
         elif family == "unet":
             embeds, _ = pipe.encode_prompt(chunk, device, 1, do_classifier_free_guidance=False)
             rows.append({"prompt_embeds": embeds})
         else:
-            embeds, pooled, _ = pipe.encode_prompt(chunk, chunk, device=device)
+            embeds, pooled, _ = pipe.encode_prompt(chunk, chunk, device=device, **kw)
             rows.append({"prompt_embeds": embeds, "pooled": pooled})
     return {k: torch.cat([r[k] for r in rows]).float() for k in rows[0]}
 
@@ -349,8 +351,8 @@ def train_family(cfg: TrainConfig, out_root: Path, vae=None) -> Path:
                   "(leave out --resume to train again)")
             return out
     vae = vae if vae is not None else load_or_train_vae(out_root, cfg)
-    pipe = build_pipeline(cfg.family, vae.to(torch.float32), seed=cfg.seed,
-                          prediction_type=cfg.prediction_type).to(device)
+    pipe = build_pipeline(cfg.family, vae.to(torch.float32), seed=cfg.seed, prediction_type=cfg.prediction_type,
+                          text_tokens=get_world(cfg.world).text_tokens).to(device)
     transformer = getattr(pipe, denoiser_name(cfg.family)).train()
 
     pixels, captions = render_pool(cfg.pool, cfg.seed + 1, cfg.world)
