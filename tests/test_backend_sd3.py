@@ -164,9 +164,10 @@ def test_options_stored_in_model_index_are_the_loading_defaults(stored_path, pip
     assert SD3Encoder.from_pretrained(path, max_sequence_length=40).max_sequence_length == 40  # the caller wins
 
 
-@pytest.mark.parametrize("stored", [{"max_sequence_lenght": 24}, [24]], ids=["unknown_option", "not_an_object"])
+@pytest.mark.parametrize("stored", [{"max_sequence_lenght": 24}, [24], {"max_sequence_length": 0}],
+                         ids=["unknown_option", "not_an_object", "out_of_range"])
 def test_bad_stored_options_name_the_entry_and_the_backend_options(stored_path, stored):
-    with pytest.raises(InputError, match=f"{ENCODER_OPTIONS_KEY}.*max_sequence_length"):
+    with pytest.raises(InputError, match=f"max_sequence_length.*{ENCODER_OPTIONS_KEY}|{ENCODER_OPTIONS_KEY}.*max_seq"):
         SD3Encoder.from_pretrained(stored_path(stored))
 
 

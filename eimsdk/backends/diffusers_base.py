@@ -92,7 +92,8 @@ class DiffusersEncoder(Encoder):
         if class_name not in cls.pipeline_classes:
             raise InputError(f"path={str(path)!r} holds a {class_name!r}, not one of {list(cls.pipeline_classes)}; "
                              "load it with the backend of its family (`eimsdk plugins` lists them)")
-        options = {**cls.stored_options(index, path), **options}
+        stored = cls.stored_options(index, path)
+        options = {**stored, **options}
         with warnings.catch_warnings():  # newer diffusers call torch_dtype `dtype`; older ones know only torch_dtype
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
             pipe = getattr(diffusers, class_name).from_pretrained(str(path), torch_dtype=dtype, **kwargs)
@@ -105,7 +106,13 @@ class DiffusersEncoder(Encoder):
             pipe.vae.enable_tiling()
         if vae_slicing:
             pipe.vae.enable_slicing()
-        encoder = cls(pipe, model_id=str(path), **options)
+        try:
+            encoder = cls(pipe, model_id=str(path), **options)
+        except InputError as exc:
+            if not stored:
+                raise
+            raise InputError(f"{exc} (path={str(path)!r} stores {ENCODER_OPTIONS_KEY}={stored} in its "
+                             "model_index.json; fix that entry or pass the option)") from exc
         encoder.device, encoder.cpu_offload = torch_device, cpu_offload
         return encoder
 
