@@ -5,7 +5,9 @@ CLIP text encoders, concatenated on the feature axis and zero-padded to the T5 w
 appended along the token axis (zeros when ``text_encoder_3`` is None); the pooled vector is both CLIPs' projected
 outputs concatenated. SD3 attends to every token, so there is no mask::
 
-    Conditioning({"prompt_embeds": (B, 77 + L, D), "pooled_prompt_embeds": (B, P)})
+    Conditioning({"prompt_embeds": (B, C + L, D), "pooled_prompt_embeds": (B, P)})
+
+with ``C`` the CLIP tokenizer's ``model_max_length`` (77 for the released models) and ``L`` = ``max_sequence_length``.
 
 Flow matching in eimsdk's common parametrisation: ``t`` is the flow sigma, ``z_t = (1 - t) z0 + t eps``, the
 transformer sees ``timestep = 1000 t`` and predicts the velocity ``v = eps - z0``, so ``eps_hat = z_t + (1 - t) v``
@@ -52,7 +54,7 @@ class SD3Encoder(FlowMatchingDiffusersEncoder):
 
     @property
     def max_prompt_tokens(self) -> int:
-        """T5's ``max_sequence_length`` (CLIP sees only the first 77 tokens); 77 when T5 is dropped."""
+        """T5's ``max_sequence_length`` (CLIP sees only its first ``C`` = 77 tokens); ``C`` when T5 is dropped."""
         return self.max_sequence_length if self.text_encoder_3 is not None else self.tokenizer.model_max_length
 
     def count_tokens(self, prompt: str) -> int:
@@ -62,22 +64,22 @@ class SD3Encoder(FlowMatchingDiffusersEncoder):
 
     # ----------------------------------------------------------------------------------------------- prompts
     def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
-        """Prompts -> ``prompt_embeds`` (B, 77 + L, D) and ``pooled_prompt_embeds`` (B, P), as the pipeline does.
+        """Prompts -> ``prompt_embeds`` (B, C + L, D) and ``pooled_prompt_embeds`` (B, P), as the pipeline does.
 
-        Prompts longer than a tokenizer's limit are truncated (CLIP: 77 tokens, T5: ``max_sequence_length``).
+        Prompts longer than a tokenizer's limit are truncated (CLIP: ``C`` = 77 tokens, T5: ``max_sequence_length``).
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise InputError(f"prompts must be a non-empty list of strings, got {prompts!r}")
         clip_embeds, pooled = zip(*(self._clip_embeds(prompts, index) for index in (0, 1)))
-        clip = torch.cat(clip_embeds, dim=-1)  # (B, 77, D_clip1 + D_clip2)
+        clip = torch.cat(clip_embeds, dim=-1)  # (B, C, D_clip1 + D_clip2)
         t5 = self._t5_embeds(prompts)  # (B, L, D)
         clip = F.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))  # zero-pad the CLIP features to the T5 width
         return Conditioning({"prompt_embeds": torch.cat([clip, t5], dim=-2),
                              "pooled_prompt_embeds": torch.cat(pooled, dim=-1)})
 
     def _clip_embeds(self, prompts: list[str], index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Penultimate hidden states (B, 77, D) and projected pooled output (B, P) of CLIP ``index``."""
+        """Penultimate hidden states (B, C, D) and projected pooled output (B, P) of CLIP ``index``."""
         tokenizer = (self.tokenizer, self.tokenizer_2)[index]
         text_encoder = (self.text_encoder, self.text_encoder_2)[index]
         ids = tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True,
