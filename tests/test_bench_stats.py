@@ -1,4 +1,5 @@
-"""Wilson intervals and exact McNemar tests against published and hand-computed values."""
+"""Wilson intervals and exact McNemar tests against published and hand-computed values; the permutation test of
+two label distributions by hand and by its error rate under the null."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import math
 
 import pytest
 
-from eimsdk.bench.stats import mcnemar_exact, paired_test, paired_tests, rate_interval, wilson_interval
+from eimsdk.bench.stats import (distribution_test, mcnemar_exact, paired_test, paired_tests, rate_interval,
+                                wilson_interval)
 
 
 @pytest.mark.parametrize("successes, n, low, high", [
@@ -82,3 +84,32 @@ def test_rate_interval_skips_missing_values():
     assert rate_interval([None, None]) is None
     lo, hi = rate_interval([True, None, False, True, False])  # 2 of 4
     assert lo == pytest.approx(0.15, abs=1e-4) and hi == pytest.approx(0.85, abs=1e-4)
+
+
+def test_distribution_test_distance_by_hand_and_its_extremes():
+    # a: x 1/2, y 1/2; b: x 3/4, y 1/4 -> TV = (1/4 + 1/4) / 2
+    assert distribution_test(list("xxyy"), list("xxxy"))["tv"] == 0.25
+    apart = distribution_test(["x"] * 30, ["y"] * 30, resamples=500)
+    assert apart["tv"] == 1.0 and apart["p_value"] == pytest.approx(1 / 501, abs=1e-6)  # no relabelling separates them again
+    same = distribution_test(list("xyz") * 10, list("zyx") * 10, resamples=500)
+    assert same["tv"] == 0.0 and same["p_value"] == 1.0
+    assert distribution_test(["x"], ["y"], resamples=50)["p_value"] == 1.0  # every relabelling is as far apart
+
+
+def test_distribution_test_rejects_at_its_level_under_the_null_and_detects_a_shift():
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    classes, probs = ["none", "circle", "square", "triangle"], [0.25, 0.25, 0.25, 0.25]
+    null_p = [distribution_test(rng.choice(classes, 64, p=probs), rng.choice(classes, 64, p=probs),
+                                resamples=199, seed=i)["p_value"] for i in range(200)]
+    assert 0.01 <= np.mean(np.array(null_p) <= 0.05) <= 0.10  # a level-0.05 test rejects about 5% of true nulls
+    shifted = [0.55, 0.15, 0.15, 0.15]  # a model that drops the second object too often
+    power = [distribution_test(rng.choice(classes, 256, p=probs), rng.choice(classes, 256, p=shifted),
+                               resamples=199, seed=i)["p_value"] for i in range(20)]
+    assert np.mean(np.array(power) <= 0.05) >= 0.9
+
+
+def test_distribution_test_needs_labels():
+    with pytest.raises(ValueError, match="both samples"):
+        distribution_test([], ["x"])

@@ -71,7 +71,8 @@ def test_recipe_trains_evaluates_and_archives_each_model(out_root, tmp_path, cap
     assert set(report["inversion"]["attributes"]) == set(NAMED) | set(UNNAMED)  # inversion must keep unnamed content
     for stats in report["sampling"]["unnamed"].values():
         assert sum(stats["samples"].values()) == pytest.approx(1.0) and 0.0 <= stats["tv"] <= 1.0
-    assert "| unnamed attribute | TV(samples, training)" in markdown(report)
+        assert 0.0 < stats["p_value"] <= 1.0
+    assert "| unnamed attribute | TV(samples, training) | p (permutation)" in markdown(report)
     archive = tmp_path / "archives" / "toy2-pixart.tar.gz"
     assert archive.stat().st_size == model["archive_bytes"] < ARCHIVE_LIMIT
 

@@ -5,6 +5,11 @@ interval Newcombe, 1998, recommends over the Wald interval for small counts and 
 run on the same tasks are compared by the exact two-sided McNemar test: only the discordant tasks (one method
 succeeds, the other fails) carry information, and under the null hypothesis each discordant task is a fair coin,
 so the test is a two-sided sign test on ``b`` successes of one method out of ``b + c`` discordant tasks.
+
+Two samples of class labels (what a model generates against what its training data holds) are compared by their
+total variation distance and a permutation test of it (:func:`distribution_test`): under the null hypothesis
+that both come from one distribution the labels are exchangeable, so the p-value is the share of random
+relabellings whose distance is at least the observed one.
 """
 
 from __future__ import annotations
@@ -75,3 +80,29 @@ def format_p(p_value: float) -> str:
 def paired_tests(outcomes: Mapping[str, Mapping[str, bool]]) -> list[dict[str, Any]]:
     """A McNemar test for every pair of methods: ``outcomes`` is method -> task id -> outcome (e.g. precise)."""
     return [{"a": a, "b": b, **paired_test(outcomes[a], outcomes[b])} for a, b in combinations(outcomes, 2)]
+
+
+def distribution_test(a: Iterable[str], b: Iterable[str], *, resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Total variation distance between the class frequencies of two label samples and its permutation p-value
+    (``(1 + #{permuted >= observed}) / (1 + resamples)``, so never 0). A small distance with a large p means no
+    difference the sample sizes can detect, not proof of equality."""
+    import numpy as np
+
+    a, b = list(a), list(b)
+    if not a or not b:
+        raise ValueError(f"both samples need labels, got {len(a)} and {len(b)}")
+    if resamples < 1:
+        raise ValueError(f"resamples must be positive, got {resamples}")
+    classes, codes = np.unique(np.array(a + b, dtype=object).astype(str), return_inverse=True)
+    k, n = len(classes), len(a)
+
+    def distance(first: np.ndarray) -> np.ndarray:  # (R, n_a + n_b) codes -> (R,) TV distances
+        in_a = np.stack([np.bincount(row[:n], minlength=k) for row in first]) / n
+        in_b = np.stack([np.bincount(row[n:], minlength=k) for row in first]) / len(b)
+        return 0.5 * np.abs(in_a - in_b).sum(axis=1)
+
+    observed = float(distance(codes[None])[0])
+    rng = np.random.default_rng(seed)
+    permuted = distance(np.stack([rng.permutation(codes) for _ in range(resamples)]))
+    p_value = (1 + int((permuted >= observed - 1e-12).sum())) / (1 + resamples)
+    return {"tv": round(observed, 4), "p_value": round(p_value, 6), "n_a": n, "n_b": len(b)}

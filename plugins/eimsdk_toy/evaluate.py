@@ -68,14 +68,17 @@ def score(specs: Sequence[Any], readings: Sequence[dict[str, str]], names: Seque
 
 def unnamed_statistics(sampled: Sequence[dict[str, str]], training: Sequence[dict[str, str]],
                        names: Sequence[str]) -> dict[str, Any]:
-    """Per unnamed attribute: class frequencies of the samples and of training scenes, and their total variation
-    distance (0 = the model draws the unnamed content as the training data does)."""
+    """Per unnamed attribute: class frequencies of the samples and of training scenes, their total variation
+    distance (0 = the model draws the unnamed content as the training data does) and its permutation p-value
+    (:func:`eimsdk.bench.stats.distribution_test`; small = the samples' statistics differ from the training data's)."""
+    from eimsdk.bench.stats import distribution_test
+
     out = {}
     for name in names:
         classes = sorted({r[name] for r in sampled} | {r[name] for r in training})
         freq = [{c: float(np.mean([r[name] == c for r in rows])) for c in classes} for rows in (sampled, training)]
-        out[name] = {"samples": freq[0], "training": freq[1],
-                     "tv": round(0.5 * sum(abs(freq[0][c] - freq[1][c]) for c in classes), 4)}
+        test = distribution_test([r[name] for r in sampled], [r[name] for r in training])
+        out[name] = {"samples": freq[0], "training": freq[1], "tv": test["tv"], "p_value": test["p_value"]}
     return out
 
 
@@ -198,10 +201,12 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {key} | {r['n']} | {100 * r['all']:.1f}% | {cells} |")
     unnamed = report["sampling"].get("unnamed", {})
     if unnamed:
-        lines += ["", "| unnamed attribute | TV(samples, training) | samples | training |", "|---|---|---|---|"]
+        lines += ["", "| unnamed attribute | TV(samples, training) | p (permutation) | samples | training |",
+                  "|---|---|---|---|---|"]
         for name, stats in unnamed.items():
             cells = [", ".join(f"{c} {100 * f:.0f}%" for c, f in stats[k].items()) for k in ("samples", "training")]
-            lines.append(f"| {name} | {stats['tv']:.3f} | {cells[0]} | {cells[1]} |")
+            p_value = f"{stats['p_value']:.3g}" if "p_value" in stats else "-"  # reports written before it had p
+            lines.append(f"| {name} | {stats['tv']:.3f} | {p_value} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
 
 
