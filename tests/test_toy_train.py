@@ -162,6 +162,36 @@ def test_a_vae_continues_from_a_saved_one_and_refuses_another_layout(tmp_path):
         train("vae", tmp_path / "e", steps=1, init_from=str(tmp_path / "nothing"), **SMALL)
 
 
+def test_a_denoiser_continues_from_a_trained_folder_and_refuses_other_settings(out_root, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    for root in ("a", "b", "c"):
+        shutil.copytree(out_root / "vae", tmp_path / root / "vae")  # one VAE for all three runs
+    (first,) = train("pixart", tmp_path / "a", steps=3, **SMALL)
+    (again,) = train("pixart", tmp_path / "b", steps=1, lr=1e-12, warmup=0, init_from=str(first), **SMALL)
+    (fresh,) = train("pixart", tmp_path / "c", steps=1, lr=1e-12, warmup=0, **SMALL)
+    weights = [load_file(f / "transformer" / "diffusion_pytorch_model.safetensors") for f in (first, again, fresh)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0]), "a tiny step keeps the loaded weights"
+    assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
+    assert json.loads((again / "training.json").read_text())["config"]["init_from"] == str(first)
+
+    with pytest.raises(InputError, match="seed: 0 there, 1 here"):
+        train("pixart", tmp_path / "b", steps=1, seed=1, init_from=str(first), **SMALL)
+    with pytest.raises(InputError, match="prediction_type"):
+        train("pixart", tmp_path / "b", steps=1, prediction_type="v_prediction", init_from=str(first), **SMALL)
+    with pytest.raises(InputError, match="family: 'pixart' there, 'sd3' here"):  # both call it a transformer
+        train("sd3", tmp_path / "b", steps=1, init_from=str(first), **SMALL)
+    with pytest.raises(InputError, match="no trained unet there"):
+        train("unet", tmp_path / "b", steps=1, init_from=str(first), **SMALL)
+    with pytest.raises(InputError, match="no trained pixart there"):
+        train("pixart", tmp_path / "b", steps=1, init_from=str(tmp_path / "nothing"), **SMALL)
+    train("vae", tmp_path / "d", steps=1, seed=5, **SMALL)  # another VAE: the weights read other latents
+    with pytest.raises(InputError, match="VAE"):
+        train("pixart", tmp_path / "d", steps=1, init_from=str(first), **SMALL)
+
+
 def test_a_vae_trained_in_this_process_and_loaded_from_disk_are_one_vae_for_resume(tmp_path):
     from diffusers import AutoencoderKL
 

@@ -68,8 +68,9 @@ class TrainConfig(BaseModel):
                                "differences (edges, corners, thin rings) beside the L1 + MSE on pixels")
     vae_factor: Literal[2, 4] = Field(2, description="VAE only: image side / latent side")
     latent_channels: int = Field(4, ge=1, le=64, description="VAE only: latent channels")
-    init_from: str = Field("", description="VAE only: start from the weights of this AutoencoderKL folder "
-                           "(continue a VAE trained before; its layout must match)")
+    init_from: str = Field("", description="start from trained weights: the VAE from this AutoencoderKL folder, a "
+                           "denoiser from this pipeline folder's transformer (or unet); same layout, world, seed and "
+                           "text context required. A fresh optimiser and schedule")
     snr_gamma: float = Field(5.0, ge=0, le=100, description="min-SNR loss weighting for DDPM (PixArt); 0 = off")
     prediction_type: Literal["epsilon", "v_prediction"] = Field(
         "epsilon", description="PixArt and UNet only: what the denoiser predicts (saved in the scheduler config)")
@@ -245,6 +246,35 @@ def _init_vae_from(vae, folder: Path) -> None:
     vae.load_state_dict(source.state_dict())
 
 
+def _init_denoiser_from(pipe, cfg: TrainConfig, folder: Path) -> None:
+    """Load the denoiser weights of the pipeline folder ``folder`` (written by :func:`train_family`) into ``pipe``'s.
+    Refuse a folder of another family, world, seed (the frozen text encoders), prediction type, text context or
+    VAE, naming what differs: its weights would have learnt to read other inputs."""
+    name = denoiser_name(cfg.family)
+    summary = folder / "training.json"
+    if not (folder / name / "config.json").is_file() or not summary.is_file():
+        raise InputError(f"--init-from {folder}: no trained {cfg.family} there (no {name}/config.json or "
+                         "training.json); pass a folder this module wrote, e.g. OUT/" + cfg.family)
+    trained = json.loads(summary.read_text())["config"]
+    diff = [f"{k}: {trained.get(k)!r} there, {getattr(cfg, k)!r} here"
+            for k in ("family", "world", "seed", "prediction_type") if trained.get(k) != getattr(cfg, k)]
+    if encoder_options(folder) != encoder_options(pipe):
+        diff.append(f"text context: {encoder_options(folder)} there, {encoder_options(pipe)} here")
+    from diffusers import AutoencoderKL
+
+    if _vae_key(AutoencoderKL.from_pretrained(folder / "vae")) != _vae_key(pipe.vae):
+        diff.append("the VAE (layout or latent scaling) differs from this run's")
+    if diff:
+        raise InputError(f"--init-from {folder}: trained with other settings ({'; '.join(diff)}); pass the options "
+                         "it was trained with, or leave out --init-from")
+    denoiser = getattr(pipe, name)
+    source = type(denoiser).from_pretrained(folder / name, torch_dtype=torch.float32)
+    try:
+        denoiser.load_state_dict(source.state_dict())
+    except RuntimeError as exc:
+        raise InputError(f"--init-from {folder}: its {name} has another layout ({str(exc).splitlines()[0]})") from exc
+
+
 def load_or_train_vae(out_root: Path, cfg: TrainConfig):
     """The world's shared VAE: ``out_root/vae``, else the shipped one, else trained now into ``out_root/vae``."""
     from diffusers import AutoencoderKL
@@ -252,7 +282,7 @@ def load_or_train_vae(out_root: Path, cfg: TrainConfig):
     for folder in (out_root / "vae", get_world(cfg.world).weights / "vae"):
         if (folder / "config.json").is_file():
             return AutoencoderKL.from_pretrained(folder, torch_dtype=torch.float32)
-    vae_cfg = cfg.model_copy(update={"family": "vae", "steps": 0, "lr": 1e-3, "warmup": 100})
+    vae_cfg = cfg.model_copy(update={"family": "vae", "steps": 0, "lr": 1e-3, "warmup": 100, "init_from": ""})
     return train_vae(vae_cfg, out_root / "vae")
 
 
@@ -354,6 +384,8 @@ def train_family(cfg: TrainConfig, out_root: Path, vae=None) -> Path:
     pipe = build_pipeline(cfg.family, vae.to(torch.float32), seed=cfg.seed, prediction_type=cfg.prediction_type,
                           text_tokens=get_world(cfg.world).text_tokens).to(device)
     transformer = getattr(pipe, denoiser_name(cfg.family)).train()
+    if cfg.init_from:
+        _init_denoiser_from(pipe, cfg, Path(cfg.init_from))
 
     pixels, captions = render_pool(cfg.pool, cfg.seed + 1, cfg.world)
     table_captions = sorted(set(captions)) + [""]
@@ -531,8 +563,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vae-factor", type=int, default=2, choices=[2, 4], help="VAE only: downsampling factor "
                    "(4: a third block; 64 px world-2 scenes give 16x16 latents, as many tokens as world 1)")
     p.add_argument("--latent-channels", type=int, default=4, help="VAE only: latent channels")
-    p.add_argument("--init-from", default="", help="VAE only: continue from the VAE saved in this folder "
-                   "(a fresh optimiser and schedule; same layout required)")
+    p.add_argument("--init-from", default="", help="continue from trained weights with a fresh optimiser and "
+                   "schedule: the VAE saved in this folder, or a denoiser family's pipeline folder (OUT/<family>; "
+                   "same world, seed, prediction type, text context and VAE required)")
     p.add_argument("--edge-weight", type=float, default=0.0, help="VAE only: weight of an L1 loss on pixel "
                    "differences, which sharpens corners and thin rings (0: off)")
     p.add_argument("--max-minutes", type=float, default=0.0, help="wall-clock budget per family (0: none); the "
