@@ -219,12 +219,16 @@ def encoder_options(pipe_or_folder: Any) -> dict[str, Any]:
     return dict(config.get(ENCODER_OPTIONS_KEY) or {})
 
 
+def text_context_kwargs(options: dict[str, Any]) -> dict[str, Any]:
+    """The ``max_sequence_length`` argument of a pipeline's ``__call__`` / ``encode_prompt`` for the stored
+    ``options`` (:func:`encoder_options`); nothing when the model keeps the pipeline's default."""
+    return {"max_sequence_length": options["max_sequence_length"]} if "max_sequence_length" in options else {}
+
+
 def sample_kwargs(family: str, image_size: int = IMAGE_SIZE, options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Pipeline call arguments every toy model needs (size; PixArt has no resolution bins at this size; the
     stored text context, ``options`` from :func:`encoder_options`)."""
-    kw: dict[str, Any] = {"height": image_size, "width": image_size}
-    if options and "max_sequence_length" in options:
-        kw["max_sequence_length"] = options["max_sequence_length"]
+    kw: dict[str, Any] = {"height": image_size, "width": image_size, **text_context_kwargs(options or {})}
     if family == "pixart":
         kw["use_resolution_binning"] = False
     return kw

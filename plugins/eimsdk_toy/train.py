@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from eimsdk.errors import InputError
 from eimsdk_toy.models import (FAMILIES, LATENT_SIZE, build_pipeline, build_vae, denoiser_name, encoder_options,
-                               fp16_exact_, latent_size_of)
+                               fp16_exact_, latent_size_of, text_context_kwargs)
 from eimsdk_toy.worlds import get_world, render_many
 
 # Default (steps, batch size) per device type. CPU: each family in under two hours on a 2-core CPU; CUDA: the
@@ -258,8 +258,9 @@ def _init_denoiser_from(pipe, cfg: TrainConfig, folder: Path) -> None:
     trained = json.loads(summary.read_text())["config"]
     diff = [f"{k}: {trained.get(k)!r} there, {getattr(cfg, k)!r} here"
             for k in ("family", "world", "seed", "prediction_type") if trained.get(k) != getattr(cfg, k)]
-    if encoder_options(folder) != encoder_options(pipe):
-        diff.append(f"text context: {encoder_options(folder)} there, {encoder_options(pipe)} here")
+    theirs, ours = encoder_options(folder), encoder_options(pipe)
+    if theirs != ours:
+        diff.append(f"text context: {theirs} there, {ours} here")
     from diffusers import AutoencoderKL
 
     if _vae_key(AutoencoderKL.from_pretrained(folder / "vae")) != _vae_key(pipe.vae):
@@ -292,7 +293,7 @@ def encode_captions(pipe, family: str, captions: list[str], device: torch.device
     """Every caption through the pipeline's own ``encode_prompt`` (exactly what sampling feeds the model, with
     the text context the pipeline stores)."""
     rows: list[dict[str, torch.Tensor]] = []
-    kw = {k: v for k, v in encoder_options(pipe).items() if k == "max_sequence_length"}
+    kw = text_context_kwargs(encoder_options(pipe))
     for i in range(0, len(captions), 64):
         chunk = captions[i:i + 64]
         if family == "pixart":
