@@ -11,7 +11,7 @@ from pydantic import ValidationError
 import diffusers
 from eimsdk.errors import InputError
 from eimsdk_toy.models import FAMILIES, PIPELINES, denoiser_name, sample_kwargs
-from eimsdk_toy.train import TrainConfig, train
+from eimsdk_toy.train import TrainConfig, noise_seed, train
 
 SMALL = dict(batch_size=2, pool=64, log_every=5)
 
@@ -176,6 +176,10 @@ def test_a_denoiser_continues_from_a_trained_folder_and_refuses_other_settings(o
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0]), "a tiny step keeps the loaded weights"
     assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
     assert json.loads((again / "training.json").read_text())["config"]["init_from"] == str(first)
+    # the continued run draws fresh batches and noise, not the first run's again; another continuation, other draws
+    seeds = {noise_seed(TrainConfig(family="pixart", **kw)) for kw in ({}, {"init_from": str(first)},
+                                                                        {"init_from": str(again)})}
+    assert len(seeds) == 3, seeds
 
     with pytest.raises(InputError, match="seed: 0 there, 1 here"):
         train("pixart", tmp_path / "b", steps=1, seed=1, init_from=str(first), **SMALL)

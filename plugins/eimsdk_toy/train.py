@@ -276,6 +276,16 @@ def _init_denoiser_from(pipe, cfg: TrainConfig, folder: Path) -> None:
         raise InputError(f"--init-from {folder}: its {name} has another layout ({str(exc).splitlines()[0]})") from exc
 
 
+def noise_seed(cfg: TrainConfig) -> int:
+    """Seed of a denoiser run's batches, timesteps and noise. A run continued ``--init-from`` a trained folder offsets
+    it by the steps that folder has trained (``seed`` itself stays: it fixes the frozen text encoders), so the new
+    steps draw fresh batches and noise rather than replaying the first run's."""
+    if not cfg.init_from:
+        return cfg.seed
+    summary = Path(cfg.init_from) / "training.json"
+    return cfg.seed + 1 + int(json.loads(summary.read_text()).get("steps", 0))
+
+
 def load_or_train_vae(out_root: Path, cfg: TrainConfig):
     """The world's shared VAE: ``out_root/vae``, else the shipped one, else trained now into ``out_root/vae``."""
     from diffusers import AutoencoderKL
@@ -405,7 +415,7 @@ def train_family(cfg: TrainConfig, out_root: Path, vae=None) -> Path:
 
     ema = [p.detach().clone() for p in transformer.parameters()]
     opt = torch.optim.AdamW(transformer.parameters(), lr=cfg.lr, weight_decay=0.0)
-    gen = torch.Generator(device).manual_seed(cfg.seed)
+    gen = torch.Generator(device).manual_seed(noise_seed(cfg))
     total = cfg.total_steps()
     ckpt_path = checkpoint_path(out_root, cfg.family)
     first, seconds_before = 0, 0.0
