@@ -175,7 +175,11 @@ def test_a_denoiser_continues_from_a_trained_folder_and_refuses_other_settings(o
     weights = [load_file(f / "transformer" / "diffusion_pytorch_model.safetensors") for f in (first, again, fresh)]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0]), "a tiny step keeps the loaded weights"
     assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
-    assert json.loads((again / "training.json").read_text())["config"]["init_from"] == str(first)
+    summary = json.loads((again / "training.json").read_text())
+    assert summary["config"]["init_from"] == str(first)
+    # the continued folder carries its history, so a shipped copy says how it was trained in all
+    assert summary["continued_from"] == json.loads((first / "training.json").read_text())
+    assert summary["steps_in_all"] == 3 + 1
     # the continued run draws fresh batches and noise, not the first run's again; another continuation, other draws
     seeds = {noise_seed(TrainConfig(family="pixart", **kw)) for kw in ({}, {"init_from": str(first)},
                                                                         {"init_from": str(again)})}

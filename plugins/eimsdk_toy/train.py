@@ -528,6 +528,11 @@ def _write_summary(out: Path, cfg: TrainConfig, seconds: float, modules: dict[st
                "device": torch.cuda.get_device_name(cfg.device) if cfg.device.startswith("cuda") else "cpu",
                "parameters": {k: sum(p.numel() for p in m.parameters()) for k, m in modules.items()},
                "torch": torch.__version__}
+    parent = Path(cfg.init_from) / "training.json" if cfg.init_from else None
+    if parent is not None and parent.is_file():  # a continued run carries its history: what it started from
+        summary["continued_from"] = json.loads(parent.read_text())
+        summary["steps_in_all"] = steps_done + summary["continued_from"].get("steps_in_all",
+                                                                             summary["continued_from"]["steps"])
     (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
