@@ -15,7 +15,7 @@ import time
 
 
 def main() -> None:
-    from eimsdk_toy.evaluate import eval_specs, load_pipeline, sample_images, score
+    from eimsdk_toy.evaluate import eval_specs, load_pipeline, sample_readings, score
     from eimsdk_toy.worlds import get_world
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -27,16 +27,13 @@ def main() -> None:
     args = p.parse_args()
 
     toy = get_world(2)
-    reader = toy.reader()
     pipe, family = load_pipeline(args.model)
     specs = eval_specs(args.n, args.seed, 2)
     for setting in args.settings:
         guidance, steps = float(setting.split(",")[0]), int(setting.split(",")[1])
-        start, readings = time.perf_counter(), []
-        for i in range(0, args.n, args.batch):
-            chunk = specs[i:i + args.batch]
-            readings += reader.read(sample_images(pipe, family, [toy.caption(s) for s in chunk], steps=steps,
-                                                  guidance=guidance, seed=args.seed + i, image_size=toy.image_size))
+        start = time.perf_counter()
+        readings = sample_readings(pipe, family, specs, steps=steps, guidance=guidance, batch=args.batch,
+                                   seed=args.seed, world=2)
         rates = score(specs, readings, toy.named)
         errors = collections.Counter((s.pattern, r["pattern"], s.size) for s, r in zip(specs, readings)
                                      if r["pattern"] != s.pattern)

@@ -114,21 +114,31 @@ def sample_images(pipe, family: str, prompts: Sequence[str], *, steps: int, guid
     return out.float().cpu() * 2 - 1
 
 
+def sample_readings(pipe, family: str, specs: Sequence, *, steps: int, guidance: float, batch: int, seed: int,
+                    device: str = "cpu", world: int = 1) -> list[dict[str, str]]:
+    """The world's reader's readings of the pipeline's samples from the captions of ``specs``, ``batch`` at a time
+    (chunk ``i`` seeded ``seed + i``)."""
+    toy = get_world(world)
+    reader = toy.reader()
+    readings: list[dict[str, str]] = []
+    for i in range(0, len(specs), batch):
+        chunk = specs[i:i + batch]
+        images = sample_images(pipe, family, [toy.caption(s) for s in chunk], steps=steps, guidance=guidance,
+                               seed=seed + i, device=device, image_size=toy.image_size)
+        readings += reader.read(images)
+    return readings
+
+
 def evaluate_sampling(pipe, family: str, n: int, *, steps: int = 20, guidance: float = 4.0, batch: int = 32,
                       seed: int = EVAL_SEED, device: str = "cpu", world: int = 1) -> dict[str, Any]:
     """Captions -> samples -> readers, scored on the named attributes; world 2 adds ``unnamed`` statistics."""
     toy = get_world(world)
     specs = eval_specs(n, seed, world)
-    reader = toy.reader()
-    readings: list[dict[str, str]] = []
-    for i in range(0, n, batch):
-        chunk = specs[i:i + batch]
-        images = sample_images(pipe, family, [toy.caption(s) for s in chunk], steps=steps, guidance=guidance,
-                               seed=seed + i, device=device, image_size=toy.image_size)
-        readings += reader.read(images)
+    readings = sample_readings(pipe, family, specs, steps=steps, guidance=guidance, batch=batch, seed=seed,
+                               device=device, world=world)
     report = {**score(specs, readings, toy.named), "steps": steps, "guidance": guidance}
     if toy.unnamed:  # the training pool's own scenes (train.py draws them from seed + 1), read the same way
-        training = reader.read([toy.render(s) for s in eval_specs(n, 1, world)])
+        training = toy.reader().read([toy.render(s) for s in eval_specs(n, 1, world)])
         report["unnamed"] = unnamed_statistics(readings, training, toy.unnamed)
     return report
 
