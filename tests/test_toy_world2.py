@@ -14,7 +14,7 @@ from eimsdk.errors import InputError
 from eimsdk.tokenizers import WORDS
 from eimsdk_toy.bench2 import toy2_manifest
 from eimsdk_toy.readers2 import Toy2Reader
-from eimsdk_toy.world2 import (ATTRIBUTES, KINDS, NAMED, UNNAMED, Scene2Spec, caption, make_spec, random_spec,
+from eimsdk_toy.world2 import (ATTRIBUTES, KINDS, NAMED, UNNAMED, Scene2Spec, caption, layers, make_spec, random_spec,
                                render)
 
 N = 1000
@@ -139,9 +139,13 @@ def test_toy2_manifest_edits_named_attributes_and_records_the_unnamed_content(tm
         spec = Scene2Spec(**item.meta["scene"])
         new = item.expected[item.attribute]
         assert new != getattr(spec, item.attribute) and new in ATTRIBUTES[item.attribute]
-        target = spec.model_copy(update={item.attribute: new})
+        target = spec.model_copy(update=item.expected)
         Scene2Spec(**target.model_dump())  # the target is a valid scene (no quadrant shared)
-        assert target.unnamed() == spec.unnamed() == item.meta["unnamed"]
+        kept = {k: v for k, v in target.unnamed().items() if k not in item.expected}
+        assert kept == {k: v for k, v in spec.unnamed().items() if k not in item.expected}
+        assert spec.unnamed() == item.meta["unnamed"]
+        assert set(item.expected) == ({item.attribute, "texture_phase"} if item.attribute == "background"
+                                      else {item.attribute})
         assert item.source_prompt == caption(spec) and item.target_prompts == [caption(target)]
         assert item.source_values == spec.attributes() and set(UNNAMED) <= set(item.source_values)
         assert item.meta["kinds"] == KINDS and item.size == (64, 64)
@@ -150,6 +154,12 @@ def test_toy2_manifest_edits_named_attributes_and_records_the_unnamed_content(tm
         region = item.region.to_mask()
         changed = (before != after).any(-1)
         assert changed.any() and region[changed].all() and (before[~region] == after[~region]).all()
+        if item.attribute == "background":  # the texture stays in place: outside the objects, one constant shift
+            cov = layers(spec)
+            ground = (cov["body"] + cov["contrast"] + cov["extra"]) == 0
+            shift = after[ground].astype(int) - before[ground].astype(int)
+            assert shift.max() - shift.min() <= 1, (item.id, shift.min(), shift.max())
+            assert item.expected["texture_phase"] != spec.texture_phase
     assert resolve_manifest("toy2:2:3", tmp_path) == toy2_manifest(tmp_path, 2, seed=3)
     assert toy2_manifest(tmp_path, 2, seed=3) != toy2_manifest(tmp_path, 2)
     for bad in ("toy2:many", "toy2:2:x", "toy2:2:", "toy2::3", "toy2:3:1:1", "toy2:-1"):

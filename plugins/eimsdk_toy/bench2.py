@@ -6,8 +6,14 @@ else, the unnamed content included (a position edit never moves the main object 
 ``source_values`` hold every attribute the ``toy2`` reader reads, named and unnamed, so a benchmark's
 "preserved" (and so "precise") requires the unnamed content read back unchanged; ``meta["kinds"]`` maps each
 attribute to its kind (coarse / fine / unnamed) for the report's per-kind table, and ``meta["unnamed"]`` is the
-unnamed content alone. ``toy2:60`` gives 60 x 8 = 480 tasks; renders are written as ``FOLDER/toy2-SSS.png``
-(SEED > 0: ``toy2-SEED-SSS.png``).
+unnamed content alone.
+
+A background edit keeps the faint texture where it is in the image: the texture adds grey to a black background
+and takes it from a white one, so the scene whose pixels differ from the source by one constant outside the objects
+(what a minimal edit draws) has its ``texture_phase`` turned by 180 degrees. That phase is then part of the task's
+``expected`` values, not of what it must preserve (first benchmark run: every method that flipped the background
+drew the texture so, and a "kept" phase would have marked all of them imprecise). ``toy2:60`` gives 60 x 8 = 480
+tasks; renders are written as ``FOLDER/toy2-SSS.png`` (SEED > 0: ``toy2-SEED-SSS.png``).
 """
 
 from __future__ import annotations
@@ -42,16 +48,24 @@ def toy2_manifest(folder: str | Path, scenes: int = DEFAULT_SCENES, *, seed: int
             taken = {spec.extra_position} if attribute == "position" else set()
             others = [c for c in ATTRIBUTES[attribute] if c != getattr(spec, attribute) and c not in taken]
             new = others[int(rng.integers(len(others)))]
-            target = spec.model_copy(update={attribute: new})
+            update = {attribute: new}
+            if attribute == "background":
+                update["texture_phase"] = _turned(spec.texture_phase)
+            target = spec.model_copy(update=update)
             items.append(ManifestItem(
                 id=f"toy2-{s:03d}-{attribute}", image=str(image), source_prompt=caption(spec),
-                attribute=attribute, target_prompts=[caption(target)], expected={attribute: new},
+                attribute=attribute, target_prompts=[caption(target)], expected=update,
                 source_values=spec.attributes(), region=Region.from_mask(changed_region(source, render(target))),
                 group=f"toy2-{s:03d}", size=(source.height, source.width),
                 meta={"scene": spec.model_dump(), "kind": KINDS[attribute], "kinds": dict(KINDS),
                       "unnamed": spec.unnamed()},
             ))
     return items
+
+
+def _turned(phase: str) -> str:
+    """A texture phase turned by 180 degrees: the same stripes in the image once the background's polarity flips."""
+    return str((int(phase) + 180) % 360)
 
 
 def toy2_manifest_source(argument: str, folder: Path) -> list[ManifestItem]:
