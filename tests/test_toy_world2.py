@@ -185,15 +185,28 @@ def test_report_groups_rates_by_attribute_kind(tmp_path):
     results = [rec("shape", True, {"shade": True, "texture": False}),
                rec("shape", False, {"shade": True, "texture": True}),
                rec("shade", True, {"shape": False, "texture": True})]
+    # a second method keeps the texture in every task: paired tests on keeping the never-edited kind tell them apart
+    results += [dict(r, method="dds", edits=[dict(r["edits"][0], preserved=dict(r["edits"][0]["preserved"],
+                                                                                  texture=True))]) for r in results]
     summary = summarize(results, [1.0], kinds=kinds)
     table = summary["table"]["m"]["hsds"]["by_kind"]
     assert list(table) == ["coarse", "fine", "unnamed"]  # edited kinds first, in the order of the results
-    assert table["coarse"] == {"success": 0.5, "kept": pytest.approx(2 / 3, abs=1e-4)}
-    assert table["fine"] == {"success": 1.0, "kept": 1.0}
-    assert table["unnamed"] == {"success": None, "kept": pytest.approx(2 / 3, abs=1e-4)}
-    text = markdown(summary, {"models": ["m"], "methods": ["hsds"], "strengths": [1.0]}, [])
-    assert "| m | hsds | 0.50 / 0.67 | 1.00 / 1.00 | - / 0.67 |" in text
+    wilson = {(1, 2): [0.0945, 0.9055], (2, 3): [0.2077, 0.9385], (1, 1): [0.2065, 1.0]}
+    assert table["coarse"] == {"success": 0.5, "kept": pytest.approx(2 / 3, abs=1e-4),
+                               "success_ci": wilson[1, 2], "kept_ci": wilson[2, 3]}
+    assert table["fine"] == {"success": 1.0, "kept": 1.0, "success_ci": wilson[1, 1], "kept_ci": [0.4385, 1.0]}
+    assert table["unnamed"] == {"success": None, "kept": pytest.approx(2 / 3, abs=1e-4), "kept_ci": wilson[2, 3]}
+    assert summary["table"]["m"]["dds"]["by_kind"]["unnamed"]["kept"] == 1.0
+    [test] = summary["paired_kept"]["m"]["unnamed"]  # only the kind no task edits
+    assert (test["a"], test["b"], test["n"], test["only_a"], test["only_b"]) == ("hsds", "dds", 3, 0, 1)
+    assert test["p_value"] == 1.0
+    text = markdown(summary, {"models": ["m"], "methods": ["hsds", "dds"], "strengths": [1.0]}, [])
+    assert ("| m | hsds | 0.50 [0.09, 0.91] / 0.67 [0.21, 0.94] | 1.00 [0.21, 1.00] / 1.00 [0.44, 1.00] | "
+            "- / 0.67 [0.21, 0.94] |") in text
+    assert "## Paired tests (edits that keep every unnamed attribute, m, strength 1)" in text
+    assert "| hsds | dds | 3 | 0.67 | 1.00 | -0.33 | 0 | 1 | 1 |" in text
     assert "by_kind" not in summarize(results, [1.0])["table"]["m"]["hsds"]
+    assert "paired_kept" not in summarize(results, [1.0])
 
 
 def test_random_spec_of_either_world_refuses_an_attribute_it_does_not_have():

@@ -10,7 +10,9 @@ Rates are over every unit at a strength (a unit that failed counts as a failed e
 
 Every rate carries a 95% Wilson interval (``*_ci``), and every pair of methods run on the same tasks with the same
 model is compared at each strength by an exact McNemar test on precise edits (``paired``;
-:mod:`eimsdk.bench.stats`).
+:mod:`eimsdk.bench.stats`). When the manifest gives attribute kinds (``meta["kinds"]``), each kind gets the
+success of the edits along it and the share of edits that keep all of it (``by_kind``, with intervals), and each
+kind that no task edits (content the captions never name) gets paired tests on keeping it (``paired_kept``).
 
 The reader-based disentanglement uses the reference strength (the one closest to 1): ``M_ij`` is the fraction
 of edits along attribute ``i`` that changed reader ``j`` (:mod:`eimsdk.metrics.disentanglement`).
@@ -53,12 +55,29 @@ def by_kind(recs: list[dict[str, Any]], strength: float, kinds: dict[str, str]) 
     """Per attribute kind: success of the edits along attributes of that kind, and the share of all edits that
     keep every other attribute of that kind as the source reads it. Kinds that are edited come first."""
     out = {}
-    edits = [(r, _edit_at(r, strength) or {}) for r in recs]
     for kind in dict.fromkeys([kinds[r["attribute"]] for r in recs if r["attribute"] in kinds] + list(kinds.values())):
-        kept = [all(v for a, v in e.get("preserved", {}).items() if kinds.get(a) == kind) for _, e in edits]
-        out[kind] = {"success": _mean([e.get("success") for r, e in edits if kinds.get(r["attribute"]) == kind]),
-                     "kept": _mean(kept)}
+        kept = list(_kept_by_item(recs, strength, kinds, kind).values())
+        success = [(_edit_at(r, strength) or {}).get("success") for r in recs if kinds.get(r["attribute"]) == kind]
+        out[kind] = {"success": _mean(success), "kept": _mean(kept)}
+        out[kind].update({f"{k}_ci": ci for k, v in (("success", success), ("kept", kept))
+                          if (ci := rate_interval(v)) is not None})
     return out
+
+
+def _kept_by_item(recs: list[dict[str, Any]], strength: float, kinds: dict[str, str], kind: str) -> dict[str, bool]:
+    """Item id -> whether the edit at ``strength`` kept every attribute of ``kind`` it had to preserve (a failed
+    unit or a missing edit did not)."""
+    out = {}
+    for r in recs:
+        e = _edit_at(r, strength)
+        out[r["id"]] = e is not None and all(v for a, v in e.get("preserved", {}).items() if kinds.get(a) == kind)
+    return out
+
+
+def never_edited(kinds: dict[str, str], attributes: Sequence[str]) -> list[str]:
+    """The kinds no task edits (e.g. content the captions never name): what every edit must keep."""
+    edited = {kinds.get(a) for a in attributes}
+    return [k for k in dict.fromkeys(kinds.values()) if k not in edited]
 
 
 def summarize(results: list[dict[str, Any]], strengths: Sequence[float],
@@ -130,9 +149,15 @@ def summarize(results: list[dict[str, Any]], strengths: Sequence[float],
             table[model][method] = entry
     paired = {model: {f"{s:g}": paired_tests({method: _precise_by_item(results, model, method, s) for method in methods
                                                if table[model].get(method)}) for s in strengths} for model in models}
-    return {"reference_strength": ref, "strengths": list(strengths), "models": models, "methods": methods,
-            "attributes": attributes, "metrics": metric_keys, "items": len({r["id"] for r in results}),
-            "table": table, "paired": paired}
+    out = {"reference_strength": ref, "strengths": list(strengths), "models": models, "methods": methods,
+           "attributes": attributes, "metrics": metric_keys, "items": len({r["id"] for r in results}),
+           "table": table, "paired": paired}
+    if kinds and (untouched := never_edited(kinds, attributes)):
+        out["paired_kept"] = {model: {kind: paired_tests({
+            method: _kept_by_item([r for r in results if model_label(r["model"]) == model and r["method"] == method],
+                                  ref, kinds, kind) for method in methods if table[model].get(method)})
+            for kind in untouched} for model in models}
+    return out
 
 
 def _precise_by_item(results: list[dict[str, Any]], model: str, method: str, strength: float) -> dict[str, bool]:
@@ -241,9 +266,19 @@ def markdown(summary: dict[str, Any], config: Any, plots: list[str]) -> str:
                   "", "| model | method | " + " | ".join(kinds) + " |", "|---|---|" + "---|" * len(kinds)]
         for model, methods in summary["table"].items():
             for method, e in methods.items():
-                cells = [f"{_fmt(e['by_kind'].get(k, {}).get('success'))} / {_fmt(e['by_kind'].get(k, {}).get('kept'))}"
+                cells = [f"{_rate(e['by_kind'].get(k, {}), 'success')} / {_rate(e['by_kind'].get(k, {}), 'kept')}"
                          for k in kinds]
                 lines.append(f"| {model} | {method} | " + " | ".join(cells) + " |")
+    for model, by_kind_tests in summary.get("paired_kept", {}).items():
+        for kind, tests in by_kind_tests.items():
+            lines += ["", f"## Paired tests (edits that keep every {kind} attribute, {model}, strength {ref})", "",
+                      f"No task edits an attribute of kind `{kind}`, so every edit must keep them all. Exact "
+                      "two-sided McNemar test on the tasks both methods ran; `a only` / `b only` count the tasks only "
+                      "one of them kept them all in.", "",
+                      "| a | b | n | rate a | rate b | a - b | a only | b only | p |", "|---" * 9 + "|"]
+            lines += [f"| {t['a']} | {t['b']} | {t['n']} | {_fmt(t['rate_a'])} | {_fmt(t['rate_b'])} | "
+                      f"{_fmt(t['difference'])} | {t['only_a']} | {t['only_b']} | {format_p(t['p_value'])} |"
+                      for t in tests]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
