@@ -209,6 +209,16 @@ def test_report_groups_rates_by_attribute_kind(tmp_path):
     assert "paired_kept" not in summarize(results, [1.0])
 
 
+def test_long_method_labels_wrap_at_their_settings_for_plot_titles():
+    from eimsdk.bench.report import _wrapped
+
+    for label in ("hsds:num_timesteps=16,curvature_samples=4,antithetic=true", "flowedit:manipulator=flowedit"):
+        lines = _wrapped(label).split("\n")
+        assert len(lines) > 1 and all(len(line) <= 22 for line in lines)
+        assert " ".join(lines) == label.replace(":", ": ").replace(",", ", ")
+    assert _wrapped("dds") == "dds"
+
+
 def test_random_spec_of_either_world_refuses_an_attribute_it_does_not_have():
     from eimsdk_toy import scenes
 

@@ -321,8 +321,14 @@ def plot_matrices(summary: dict[str, Any], model: str, path: Path) -> str | None
     entries = [(m, e["disentanglement"]) for m, e in summary["table"][model].items() if "disentanglement" in e]
     if not entries:
         return None
-    fig = Figure(figsize=(3.8 * len(entries), 3.8))
-    axes = fig.subplots(1, len(entries), squeeze=False)[0]
+    width = max(len(e[1]["matrix"]["cols"]) for e in entries) * 0.42 + 1.6  # inches: each cell holds "0.00"
+    height = max(len(e[1]["matrix"]["rows"]) for e in entries) * 0.42 + 2.0
+    ncols = min(len(entries), max(1, int(24 // width)))  # wrap into rows rather than shrink the cells
+    nrows = -(-len(entries) // ncols)
+    fig = Figure(figsize=(width * ncols, height * nrows))
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in axes[len(entries):]:
+        ax.set_axis_off()
     for ax, (method, d) in zip(axes, entries):
         mat = np.asarray(d["matrix"]["matrix"])
         ax.imshow(mat, vmin=0, vmax=1, cmap="viridis")
@@ -330,7 +336,7 @@ def plot_matrices(summary: dict[str, Any], model: str, path: Path) -> str | None
         ax.set_yticks(range(len(d["matrix"]["rows"])), d["matrix"]["rows"], fontsize=8)
         for (i, j), v in np.ndenumerate(mat):
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v < 0.6 else "black")
-        ax.set_title(f"{method}: D = {_fmt(d['overall'])}", fontsize=9)
+        ax.set_title(f"{_wrapped(method, 40)}: D = {_fmt(d['overall'])}", fontsize=9)
         ax.set_xlabel("reader changed")
         ax.set_ylabel("edited attribute")
     fig.suptitle(f"{model}: P(reader j changes | edit along i)", fontsize=10)
@@ -338,8 +344,16 @@ def plot_matrices(summary: dict[str, Any], model: str, path: Path) -> str | None
     return _save(fig, path)
 
 
+def _wrapped(label: str, width: int = 22) -> str:
+    """A method label broken over lines after its name and its settings' commas, so neighbouring column titles do not
+    overlap."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(label.replace(":", ": ").replace(",", ", "), width, break_long_words=False)) or label
+
+
 def plot_examples(out: Path, results: list[dict[str, Any]], model: str, strength: float, path: Path,
-                  max_rows: int = 6) -> str | None:
+                  max_rows: int = 8) -> str | None:
     """Example edits: one row per attribute (first item), source then each method at ``strength``."""
     from matplotlib.figure import Figure
     from PIL import Image
@@ -375,7 +389,7 @@ def plot_examples(out: Path, results: list[dict[str, Any]], model: str, strength
             mark = "" if edit is None else ("precise" if edit.get("success") and edit.get("preserved_all") else
                                             "leaky" if edit.get("success") else "miss")
             if i == 0:
-                ax.set_title(label, fontsize=8)
+                ax.set_title(_wrapped(label), fontsize=8)
             if j == 0:
                 ax.set_ylabel(f"{first['attribute']}\n-> {', '.join(map(str, first['expected'].values())) or '?'}",
                               fontsize=7)
