@@ -110,3 +110,16 @@ def test_recipe_uses_a_shipped_world2_vae_instead_of_training_one(out_root, tmp_
     assert (out / "vae" / "config.json").read_bytes() == (shipped / "vae" / "config.json").read_bytes()
     assert not (out / "logs" / "vae.log").exists(), "no VAE was trained"
     assert sorted(p.name for p in (shipped / "vae").iterdir()) == sorted(p.name for p in (out_root / "vae").iterdir())
+
+
+def test_evaluate_cli_refuses_bad_arguments_with_exit_2_and_no_traceback(tmp_path, capsys):
+    from eimsdk_toy.evaluate import main as evaluate_main
+
+    (tmp_path / "notes.txt").write_text("not a pipeline")
+    for argv, said in ((["--model", str(tmp_path), "--n", "0"], "--n=0 is invalid; pass at least 1 scene"),
+                       (["--model", str(tmp_path), "--inversion-n", "-1"], "--inversion-n=-1 is invalid; pass 0"),
+                       (["--model", str(tmp_path), "--n", "1"], "has no model_index.json; pass a folder")):
+        with pytest.raises(SystemExit) as exit_info:
+            evaluate_main(argv)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and said in err and "Traceback" not in err

@@ -233,15 +233,21 @@ def main(argv: list[str] | None = None) -> int:
                    help="toy world of the model (default: from its training.json)")
     p.add_argument("--json", help="also write the report to this JSON file")
     args = p.parse_args(argv)
+    if args.n < 1:
+        p.error(f"--n={args.n} is invalid; pass at least 1 scene (sampling and the VAE are always measured)")
+    if args.inversion_n < 0:
+        p.error(f"--inversion-n={args.inversion_n} is invalid; pass 0 to skip the inversion round trip, or more")
     import diffusers
     import transformers
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
-    if args.n < 1:
-        raise InputError(f"--n={args.n} is invalid; pass at least 1 scene")
-    report = evaluate(args.model, n=args.n, steps=args.steps, guidance=args.guidance, inversion_n=args.inversion_n,
-                      inversion_steps=args.inversion_steps, device=args.device, world=args.world)
+    try:
+        report = evaluate(args.model, n=args.n, steps=args.steps, guidance=args.guidance,
+                          inversion_n=args.inversion_n, inversion_steps=args.inversion_steps, device=args.device,
+                          world=args.world)
+    except InputError as exc:  # a folder that is not a toy pipeline: the message names it and the fix
+        p.error(str(exc))
     print(markdown(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
