@@ -209,6 +209,23 @@ def test_report_groups_rates_by_attribute_kind(tmp_path):
     assert "paired_kept" not in summarize(results, [1.0])
 
 
+def test_reader_change_matrix_counts_an_expected_side_change_only_when_it_is_missed():
+    from eimsdk.bench.report import summarize
+
+    def rec(i, phase_read):  # a background flip that should turn the texture phase from 0 to 180
+        read = {"background": "white", "texture_phase": phase_read, "shape": "circle"}
+        return {"id": f"bg-{i}", "model": "m", "method": "swap", "attribute": "background",
+                "expected": {"background": "white", "texture_phase": "180"},
+                "edits": [{"strength": 1.0, "success": phase_read == "180", "preserved": {"shape": True},
+                           "preserved_all": True, "read": read,
+                           "changes": {"background": 1.0, "texture_phase": float(phase_read != "0"), "shape": 0.0}}]}
+
+    matrix = summarize([rec(0, "180"), rec(1, "180"), rec(2, "0"), rec(3, "90")], [1.0]
+                       )["table"]["m"]["swap"]["disentanglement"]["matrix"]
+    row = dict(zip(matrix["cols"], matrix["matrix"][matrix["rows"].index("background")]))
+    assert row == {"background": 1.0, "texture_phase": 0.5, "shape": 0.0}  # missed: kept at 0, or turned to 90
+
+
 def test_long_method_labels_wrap_at_their_settings_for_plot_titles():
     from eimsdk.bench.report import _wrapped
 

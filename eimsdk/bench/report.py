@@ -15,7 +15,8 @@ success of the edits along it and the share of edits that keep all of it (``by_k
 kind that no task edits (content the captions never name) gets paired tests on keeping it (``paired_kept``).
 
 The reader-based disentanglement uses the reference strength (the one closest to 1): ``M_ij`` is the fraction
-of edits along attribute ``i`` that changed reader ``j`` (:mod:`eimsdk.metrics.disentanglement`).
+of edits along attribute ``i`` that changed reader ``j`` (:mod:`eimsdk.metrics.disentanglement`); a reader the
+item expects to change along with ``i`` counts as changed when it misses its expected value.
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ def summarize(results: list[dict[str, Any]], strengths: Sequence[float],
                                                 "preserved": _mean([e.get("preserved_all") for e in edits]),
                                                 "success_ci": rate_interval(e.get("success") for e in edits),
                                                 "preserved_ci": rate_interval(e.get("preserved_all") for e in edits)}
-            changes = [(r["attribute"], _edit_at(r, ref)["changes"]) for r in recs if _edit_at(r, ref)]
+            changes = [(r["attribute"], _unexpected_changes(r, _edit_at(r, ref))) for r in recs if _edit_at(r, ref)]
             if changes:
                 rows = [a for a in attributes if any(c[0] == a for c in changes)]
                 cols = [a for a in rows if a in changes[0][1]] + [a for a in changes[0][1] if a not in rows]
@@ -158,6 +159,17 @@ def summarize(results: list[dict[str, Any]], strengths: Sequence[float],
                                   ref, kinds, kind) for method in methods if table[model].get(method)})
             for kind in untouched} for model in models}
     return out
+
+
+def _unexpected_changes(rec: dict[str, Any], edit: dict[str, Any]) -> dict[str, float]:
+    """The edit's reader changes, where an attribute the item expects to change besides the edited one (toy2's
+    texture phase under a background flip) counts as changed only when it does not read as expected."""
+    changes = dict(edit["changes"])
+    for name, value in rec.get("expected", {}).items():
+        if name != rec["attribute"] and name in changes and name in edit.get("read", {}) \
+                and not isinstance(value, (int, float)):
+            changes[name] = float(edit["read"][name] != value)
+    return changes
 
 
 def _precise_by_item(results: list[dict[str, Any]], model: str, method: str, strength: float) -> dict[str, bool]:
