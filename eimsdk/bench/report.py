@@ -95,6 +95,8 @@ def summarize(results: list[dict[str, Any]], strengths: Sequence[float],
     attributes = list(dict.fromkeys(r["attribute"] for r in results))
     metric_keys = list(dict.fromkeys(k for r in results for e in r.get("edits", []) for k in e.get("metrics", {})))
     table: dict[str, dict[str, Any]] = {}
+    untouched = never_edited(kinds, attributes) if kinds else []
+    kept: dict[str, dict[str, dict[str, dict[str, bool]]]] = {}  # model -> kind -> method -> item id -> kept
     for model in models:
         table[model] = {}
         for method in methods:
@@ -147,17 +149,17 @@ def summarize(results: list[dict[str, Any]], strengths: Sequence[float],
                 entry["internal"] = internal[model][method]
             if kinds:
                 entry["by_kind"] = by_kind(recs, ref, kinds)
+            for kind in untouched:
+                kept.setdefault(model, {}).setdefault(kind, {})[method] = _kept_by_item(recs, ref, kinds, kind)
             table[model][method] = entry
     paired = {model: {f"{s:g}": paired_tests({method: _precise_by_item(results, model, method, s) for method in methods
                                                if table[model].get(method)}) for s in strengths} for model in models}
     out = {"reference_strength": ref, "strengths": list(strengths), "models": models, "methods": methods,
            "attributes": attributes, "metrics": metric_keys, "items": len({r["id"] for r in results}),
            "table": table, "paired": paired}
-    if kinds and (untouched := never_edited(kinds, attributes)):
-        out["paired_kept"] = {model: {kind: paired_tests({
-            method: _kept_by_item([r for r in results if model_label(r["model"]) == model and r["method"] == method],
-                                  ref, kinds, kind) for method in methods if table[model].get(method)})
-            for kind in untouched} for model in models}
+    if untouched:
+        out["paired_kept"] = {model: {kind: paired_tests(by_method) for kind, by_method in per_kind.items()}
+                              for model, per_kind in kept.items()}
     return out
 
 
