@@ -2,7 +2,8 @@
 
 For each GUIDANCE,STEPS pair: ``--n`` captions drawn from ``--seed`` (777 by default, not ``evaluate``'s seed, so
 the evaluation's numbers stay untuned), the pipeline's own text-to-image, read by the ``toy2`` reader; prints the
-rate of all named attributes at once, the fine ones, and the pattern errors as (true, read, object size) counts:
+rate of all named attributes at once, the fine ones, the pattern errors as (true, read, object size) counts, and
+the second object's shape frequencies against the training scenes' (total variation distance, permutation p):
 
     OMP_NUM_THREADS=1 python benchmarks/toy2_sampling_sweep.py --model DIR/sd3 --settings 4,20 7,20 4,40
 """
@@ -15,7 +16,7 @@ import time
 
 
 def main() -> None:
-    from eimsdk_toy.evaluate import eval_specs, load_pipeline, sample_readings, score
+    from eimsdk_toy.evaluate import eval_specs, load_pipeline, sample_readings, score, unnamed_statistics
     from eimsdk_toy.worlds import get_world
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -29,6 +30,7 @@ def main() -> None:
     toy = get_world(2)
     pipe, family = load_pipeline(args.model)
     specs = eval_specs(args.n, args.seed, 2)
+    training = toy.reader().read([toy.render(s) for s in eval_specs(args.n, 1, 2)])
     for setting in args.settings:
         guidance, steps = float(setting.split(",")[0]), int(setting.split(",")[1])
         start = time.perf_counter()
@@ -40,6 +42,10 @@ def main() -> None:
         fine = " ".join(f"{a}={rates['attributes'][a]:.3f}" for a in ("pattern", "shade", "outline", "colour"))
         print(f"guidance={guidance} steps={steps} all={rates['all']:.3f} {fine} "
               f"({time.perf_counter() - start:.0f} s) pattern errors: {dict(errors)}", flush=True)
+        extra = unnamed_statistics(readings, training, ["extra_shape"])["extra_shape"]
+        freq = " ".join(f"{c} {extra['samples'][c]:.0%}/{extra['training'][c]:.0%}" for c in extra["samples"])
+        print(f"    second object's shape, samples/training: {freq}; TV {extra['tv']:.3f} (p {extra['p_value']:.3g})",
+              flush=True)
 
 
 if __name__ == "__main__":
