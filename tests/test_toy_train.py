@@ -147,6 +147,38 @@ def test_a_time_pause_stops_after_at_least_one_step(tmp_path):
     assert summary["paused"] and summary["steps"] == 1
 
 
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM", "SIGUSR1"])
+def test_a_signal_during_training_pauses_at_a_checkpoint_that_resumes(tmp_path, monkeypatch, signame):
+    import os
+    import signal
+
+    import eimsdk_toy.train as train_module
+    from eimsdk_toy.train import checkpoint_path
+
+    if not hasattr(signal, signame):
+        pytest.skip(f"{signame} does not exist on this platform")
+    sig = getattr(signal, signame)
+    before = signal.getsignal(sig)
+    step_logged = train_module._Log.step
+
+    def log_then_signal(self, step, loss, lr):  # the user presses Ctrl-C (or kill runs) during step 1
+        step_logged(self, step, loss, lr)
+        if step == 1:
+            os.kill(os.getpid(), sig)
+
+    monkeypatch.setattr(train_module._Log, "step", log_then_signal)
+    (folder,) = train("pixart", tmp_path, steps=6, warmup=2, **SMALL)
+    summary = json.loads((folder / "training.json").read_text())
+    assert summary["paused"] and summary["steps"] == 2, summary
+    assert checkpoint_path(tmp_path, "pixart").is_file()
+    assert signal.getsignal(sig) is before, "the caller's handler comes back after training"
+
+    monkeypatch.setattr(train_module._Log, "step", step_logged)
+    train("pixart", tmp_path, steps=6, warmup=2, resume=True, **SMALL)
+    summary = json.loads((folder / "training.json").read_text())
+    assert not summary["paused"] and summary["steps"] == 6
+
+
 def test_a_vae_continues_from_a_saved_one_and_refuses_another_layout(tmp_path):
     from diffusers import AutoencoderKL
 

@@ -18,14 +18,19 @@ schedule (min-SNR-5 weighted; the UNet trains the same objective); rectified flo
 logit-normal noise levels shifted like the
 sampler) for SD3 and Flux. Text encoders are frozen, so every caption is encoded once, with the pipeline's own
 ``encode_prompt``. ``--pause-minutes`` stops a denoiser's run at a checkpoint (``DIR/checkpoints/<family>.pt``)
-and ``--resume`` continues it exactly where it stopped.
+and ``--resume`` continues it exactly where it stopped. So do Ctrl-C, ``kill`` (SIGTERM) and SIGUSR1 during a
+denoiser's steps: the step under way finishes, the checkpoint is written, and the run ends as a pause (a second
+Ctrl-C stops at once, without a checkpoint).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -152,6 +157,32 @@ class _Log:
         self.bar.close()
         self.file.close()
         return time.perf_counter() - self.start
+
+
+@contextlib.contextmanager
+def _pause_on_signal():
+    """While training: SIGINT, SIGTERM and SIGUSR1 ask for a pause at the next step (``requested[0]``) instead of
+    killing the run; a second SIGINT raises KeyboardInterrupt. The previous handlers come back afterwards. Signals
+    only reach the main thread, so elsewhere (a training thread) this does nothing."""
+    requested = [False]
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+    names = [n for n in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, n)]  # no SIGUSR1 on Windows
+    before = {n: signal.getsignal(getattr(signal, n)) for n in names}
+
+    def ask(signum, frame):
+        if requested[0] and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        requested[0] = True
+
+    for n in names:
+        signal.signal(getattr(signal, n), ask)
+    try:
+        yield requested
+    finally:
+        for n in names:
+            signal.signal(getattr(signal, n), before[n])
 
 
 def _budget_spent(cfg: TrainConfig, elapsed: float, step: int, log: _Log) -> bool:
@@ -424,38 +455,39 @@ def train_family(cfg: TrainConfig, out_root: Path, vae=None) -> Path:
     log = _Log(out / "train_log.jsonl", total, cfg.family, cfg.log_every, first, seconds_before)
     session_start = time.perf_counter()
     steps_done, paused = total, False
-    for step in range(first, total):
-        elapsed = time.perf_counter() - log.start
-        if _budget_spent(cfg, elapsed, step, log):
-            steps_done = step
-            break
-        if step > first and ((cfg.pause_step and first < cfg.pause_step <= step) or
-                             (cfg.pause_seconds and time.perf_counter() - session_start >= cfg.pause_seconds)):
-            steps_done, paused = step, True
-            _save_checkpoint(ckpt_path, cfg, vae, transformer, ema, opt, gen, step, elapsed)
-            log.bar.write(f"{cfg.family}: paused after {step} of {total} steps; checkpoint {ckpt_path} "
-                          "(run the same command with --resume to continue)")
-            break
-        lr = lr_at(step, cfg, elapsed)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        idx = torch.randint(0, len(pixels), (cfg.batch(),), device=device, generator=gen)
-        noise = torch.randn(lat_mean[idx].shape, device=device, generator=gen)
-        z0 = (lat_mean[idx] + lat_std[idx] * noise - shift_factor) * scaling  # (B, C, 16, 16)
-        drop = torch.rand(cfg.batch(), device=device, generator=gen) < cfg.caption_dropout
-        rows = torch.where(drop, torch.full_like(cap_idx[idx], len(table_captions) - 1), cap_idx[idx])
-        cond = {k: v[rows] for k, v in table.items()}
-        with _autocast(device, cfg.family):
-            loss = diffusion_loss(cfg.family, transformer, z0, cond, gen, alphas_cumprod, shift, cfg.snr_gamma,
-                                  cfg.prediction_type)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
-        opt.step()
-        decay = min(cfg.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            torch._foreach_lerp_(ema, [p.detach() for p in transformer.parameters()], 1 - decay)
-        log.step(step, loss, lr)
+    with _pause_on_signal() as signalled:
+        for step in range(first, total):
+            elapsed = time.perf_counter() - log.start
+            if _budget_spent(cfg, elapsed, step, log):
+                steps_done = step
+                break
+            if step > first and (signalled[0] or (cfg.pause_step and first < cfg.pause_step <= step) or
+                                 (cfg.pause_seconds and time.perf_counter() - session_start >= cfg.pause_seconds)):
+                steps_done, paused = step, True
+                _save_checkpoint(ckpt_path, cfg, vae, transformer, ema, opt, gen, step, elapsed)
+                log.bar.write(f"{cfg.family}: paused after {step} of {total} steps; checkpoint {ckpt_path} "
+                              "(run the same command with --resume to continue)")
+                break
+            lr = lr_at(step, cfg, elapsed)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            idx = torch.randint(0, len(pixels), (cfg.batch(),), device=device, generator=gen)
+            noise = torch.randn(lat_mean[idx].shape, device=device, generator=gen)
+            z0 = (lat_mean[idx] + lat_std[idx] * noise - shift_factor) * scaling  # (B, C, 16, 16)
+            drop = torch.rand(cfg.batch(), device=device, generator=gen) < cfg.caption_dropout
+            rows = torch.where(drop, torch.full_like(cap_idx[idx], len(table_captions) - 1), cap_idx[idx])
+            cond = {k: v[rows] for k, v in table.items()}
+            with _autocast(device, cfg.family):
+                loss = diffusion_loss(cfg.family, transformer, z0, cond, gen, alphas_cumprod, shift, cfg.snr_gamma,
+                                      cfg.prediction_type)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
+            opt.step()
+            decay = min(cfg.ema, (1 + step) / (10 + step))
+            with torch.no_grad():
+                torch._foreach_lerp_(ema, [p.detach() for p in transformer.parameters()], 1 - decay)
+            log.step(step, loss, lr)
     seconds = log.close()
 
     with torch.no_grad():
