@@ -3,7 +3,9 @@
 For each GUIDANCE,STEPS pair: ``--n`` captions drawn from ``--seed`` (777 by default, not ``evaluate``'s seed, so
 the evaluation's numbers stay untuned), the pipeline's own text-to-image, read by the ``toy2`` reader; prints the
 rate of all named attributes at once, the fine ones, the pattern errors as (true, read, object size) counts, and
-the second object's shape frequencies against the training scenes' (total variation distance, permutation p):
+the second object's shape frequencies against the training scenes' (total variation distance, permutation p), and
+each later setting against the first on the same captions and seeds (all named attributes right; exact McNemar p,
+Wilson intervals):
 
     OMP_NUM_THREADS=1 python benchmarks/toy2_sampling_sweep.py --model DIR/sd3 --settings 4,20 7,20 4,40
 """
@@ -16,6 +18,7 @@ import time
 
 
 def main() -> None:
+    from eimsdk.bench.stats import mcnemar_exact, wilson_interval
     from eimsdk_toy.evaluate import eval_specs, load_pipeline, sample_readings, score, unnamed_statistics
     from eimsdk_toy.worlds import get_world
 
@@ -31,6 +34,7 @@ def main() -> None:
     pipe, family = load_pipeline(args.model)
     specs = eval_specs(args.n, args.seed, 2)
     training = toy.reader().read([toy.render(s) for s in eval_specs(args.n, 1, 2)])
+    first: list[bool] | None = None
     for setting in args.settings:
         guidance, steps = float(setting.split(",")[0]), int(setting.split(",")[1])
         start = time.perf_counter()
@@ -42,6 +46,17 @@ def main() -> None:
         fine = " ".join(f"{a}={rates['attributes'][a]:.3f}" for a in ("pattern", "shade", "outline", "colour"))
         print(f"guidance={guidance} steps={steps} all={rates['all']:.3f} {fine} "
               f"({time.perf_counter() - start:.0f} s) pattern errors: {dict(errors)}", flush=True)
+        right = [all(r[a] == getattr(s, a) for a in toy.named) for s, r in zip(specs, readings)]
+        low, high = wilson_interval(sum(right), len(right))
+        line = f"    all named: {sum(right)}/{len(right)} [{low:.3f}, {high:.3f}]"
+        if first is None:
+            first = right
+        else:
+            only_first = sum(a and not b for a, b in zip(first, right))
+            only_this = sum(b and not a for a, b in zip(first, right))
+            line += (f"; against {args.settings[0]}: right only there {only_first}, only here {only_this}, "
+                     f"McNemar p {mcnemar_exact(only_first, only_this):.3g}")
+        print(line, flush=True)
         extra = unnamed_statistics(readings, training, ["extra_shape"])["extra_shape"]
         freq = " ".join(f"{c} {extra['samples'][c]:.0%}/{extra['training'][c]:.0%}" for c in extra["samples"])
         print(f"    second object's shape, samples/training: {freq}; TV {extra['tv']:.3f} (p {extra['p_value']:.3g})",
