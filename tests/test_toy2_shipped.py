@@ -20,7 +20,7 @@ from eimsdk_toy.worlds import get_world
 
 pytestmark = pytest.mark.slow
 
-SHIPPED_DENOISERS = ["sd3"]  # toy2-pixart and toy2-flux are still training (docs/toy-world.md)
+SHIPPED_DENOISERS = ["sd3", "flux"]  # toy2-pixart is still training (docs/toy-world.md)
 
 
 def test_shipped_world2_vae_keeps_every_attribute():
