@@ -18,7 +18,7 @@ import time
 
 
 def main() -> None:
-    from eimsdk.bench.stats import mcnemar_exact, wilson_interval
+    from eimsdk.bench.stats import format_p, paired_test, wilson_interval
     from eimsdk_toy.evaluate import eval_specs, load_pipeline, sample_readings, score, unnamed_statistics
     from eimsdk_toy.worlds import get_world
 
@@ -34,7 +34,7 @@ def main() -> None:
     pipe, family = load_pipeline(args.model)
     specs = eval_specs(args.n, args.seed, 2)
     training = toy.reader().read([toy.render(s) for s in eval_specs(args.n, 1, 2)])
-    first: list[bool] | None = None
+    first: dict[int, bool] | None = None
     for setting in args.settings:
         guidance, steps = float(setting.split(",")[0]), int(setting.split(",")[1])
         start = time.perf_counter()
@@ -46,16 +46,15 @@ def main() -> None:
         fine = " ".join(f"{a}={rates['attributes'][a]:.3f}" for a in ("pattern", "shade", "outline", "colour"))
         print(f"guidance={guidance} steps={steps} all={rates['all']:.3f} {fine} "
               f"({time.perf_counter() - start:.0f} s) pattern errors: {dict(errors)}", flush=True)
-        right = [all(r[a] == getattr(s, a) for a in toy.named) for s, r in zip(specs, readings)]
-        low, high = wilson_interval(sum(right), len(right))
-        line = f"    all named: {sum(right)}/{len(right)} [{low:.3f}, {high:.3f}]"
+        right = {i: all(r[a] == getattr(s, a) for a in toy.named) for i, (s, r) in enumerate(zip(specs, readings))}
+        low, high = wilson_interval(sum(right.values()), len(right))
+        line = f"    all named: {sum(right.values())}/{len(right)} [{low:.3f}, {high:.3f}]"
         if first is None:
             first = right
         else:
-            only_first = sum(a and not b for a, b in zip(first, right))
-            only_this = sum(b and not a for a, b in zip(first, right))
-            line += (f"; against {args.settings[0]}: right only there {only_first}, only here {only_this}, "
-                     f"McNemar p {mcnemar_exact(only_first, only_this):.3g}")
+            test = paired_test(first, right)
+            line += (f"; against {args.settings[0]}: right only there {test['only_a']}, only here {test['only_b']}, "
+                     f"McNemar p {format_p(test['p_value'])}")
         print(line, flush=True)
         extra = unnamed_statistics(readings, training, ["extra_shape"])["extra_shape"]
         freq = " ".join(f"{c} {extra['samples'][c]:.0%}/{extra['training'][c]:.0%}" for c in extra["samples"])
