@@ -169,7 +169,8 @@ def _pause_on_signal():
         yield requested
         return
     names = [n for n in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, n)]  # no SIGUSR1 on Windows
-    before = {n: signal.getsignal(getattr(signal, n)) for n in names}
+    # getsignal is None for a handler not installed from Python; SIG_DFL is the closest one signal() accepts back
+    before = {n: signal.getsignal(getattr(signal, n)) or signal.SIG_DFL for n in names}
 
     def ask(signum, frame):
         if requested[0] and signum == signal.SIGINT:
