@@ -191,22 +191,30 @@ def test_report_groups_rates_by_attribute_kind(tmp_path):
     summary = summarize(results, [1.0], kinds=kinds)
     table = summary["table"]["m"]["hsds"]["by_kind"]
     assert list(table) == ["coarse", "fine", "unnamed"]  # edited kinds first, in the order of the results
-    wilson = {(1, 2): [0.0945, 0.9055], (2, 3): [0.2077, 0.9385], (1, 1): [0.2065, 1.0]}
-    assert table["coarse"] == {"success": 0.5, "kept": pytest.approx(2 / 3, abs=1e-4),
-                               "success_ci": wilson[1, 2], "kept_ci": wilson[2, 3]}
-    assert table["fine"] == {"success": 1.0, "kept": 1.0, "success_ci": wilson[1, 1], "kept_ci": [0.4385, 1.0]}
-    assert table["unnamed"] == {"success": None, "kept": pytest.approx(2 / 3, abs=1e-4), "kept_ci": wilson[2, 3]}
+    wilson = {(1, 2): [0.0945, 0.9055], (2, 3): [0.2077, 0.9385], (1, 1): [0.2065, 1.0], (2, 2): [0.3424, 1.0]}
+    # kept_if_success counts only the two successful edits: the missed shape edit kept all, which is no credit
+    assert table["coarse"] == {"success": 0.5, "kept": pytest.approx(2 / 3, abs=1e-4), "kept_if_success": 0.5,
+                               "success_ci": wilson[1, 2], "kept_ci": wilson[2, 3], "kept_if_success_ci": wilson[1, 2]}
+    assert table["fine"] == {"success": 1.0, "kept": 1.0, "kept_if_success": 1.0, "success_ci": wilson[1, 1],
+                             "kept_ci": [0.4385, 1.0], "kept_if_success_ci": wilson[2, 2]}
+    assert table["unnamed"] == {"success": None, "kept": pytest.approx(2 / 3, abs=1e-4), "kept_if_success": 0.5,
+                                "kept_ci": wilson[2, 3], "kept_if_success_ci": wilson[1, 2]}
     assert summary["table"]["m"]["dds"]["by_kind"]["unnamed"]["kept"] == 1.0
     [test] = summary["paired_kept"]["m"]["unnamed"]  # only the kind no task edits
     assert (test["a"], test["b"], test["n"], test["only_a"], test["only_b"]) == ("hsds", "dds", 3, 0, 1)
     assert test["p_value"] == 1.0
+    [test] = summary["paired_kept_if_success"]["m"]["unnamed"]  # on the two tasks both edited successfully
+    assert (test["n"], test["rate_a"], test["rate_b"], test["only_a"], test["only_b"]) == (2, 0.5, 1.0, 0, 1)
     text = markdown(summary, {"models": ["m"], "methods": ["hsds", "dds"], "strengths": [1.0]}, [])
     assert ("| m | hsds | 0.50 [0.09, 0.91] / 0.67 [0.21, 0.94] | 1.00 [0.21, 1.00] / 1.00 [0.44, 1.00] | "
             "- / 0.67 [0.21, 0.94] |") in text
     assert "## Paired tests (edits that keep every unnamed attribute, m, strength 1)" in text
     assert "| hsds | dds | 3 | 0.67 | 1.00 | -0.33 | 0 | 1 | 1 |" in text
+    assert "| m | hsds | 0.50 [0.09, 0.91] | 1.00 [0.34, 1.00] | 0.50 [0.09, 0.91] |" in text
+    assert "## Paired tests (successful edits that keep every unnamed attribute, m, strength 1)" in text
+    assert "| hsds | dds | 2 | 0.50 | 1.00 | -0.50 | 0 | 1 | 1 |" in text
     assert "by_kind" not in summarize(results, [1.0])["table"]["m"]["hsds"]
-    assert "paired_kept" not in summarize(results, [1.0])
+    assert not {"paired_kept", "paired_kept_if_success"} & set(summarize(results, [1.0]))
 
 
 def test_reader_change_matrix_counts_an_expected_side_change_only_when_it_is_missed():

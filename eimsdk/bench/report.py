@@ -53,24 +53,31 @@ def attribute_kinds(manifest: Path) -> dict[str, str]:
 
 
 def by_kind(recs: list[dict[str, Any]], strength: float, kinds: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """Per attribute kind: success of the edits along attributes of that kind, and the share of all edits that
-    keep every other attribute of that kind as the source reads it. Kinds that are edited come first."""
+    """Per attribute kind: success of the edits along attributes of that kind, the share of all edits that keep
+    every other attribute of that kind as the source reads it, and that share among the successful edits only
+    (``kept_if_success``: an edit that misses its target keeps what it never touched, which is no credit). Kinds
+    that are edited come first."""
     out = {}
     for kind in dict.fromkeys([kinds[r["attribute"]] for r in recs if r["attribute"] in kinds] + list(kinds.values())):
         kept = list(_kept_by_item(recs, strength, kinds, kind).values())
+        kept_if_success = list(_kept_by_item(recs, strength, kinds, kind, successful_only=True).values())
         success = [(_edit_at(r, strength) or {}).get("success") for r in recs if kinds.get(r["attribute"]) == kind]
-        out[kind] = {"success": _mean(success), "kept": _mean(kept)}
-        out[kind].update({f"{k}_ci": ci for k, v in (("success", success), ("kept", kept))
+        out[kind] = {"success": _mean(success), "kept": _mean(kept), "kept_if_success": _mean(kept_if_success)}
+        out[kind].update({f"{k}_ci": ci for k, v in (("success", success), ("kept", kept),
+                                                     ("kept_if_success", kept_if_success))
                           if (ci := rate_interval(v)) is not None})
     return out
 
 
-def _kept_by_item(recs: list[dict[str, Any]], strength: float, kinds: dict[str, str], kind: str) -> dict[str, bool]:
+def _kept_by_item(recs: list[dict[str, Any]], strength: float, kinds: dict[str, str], kind: str,
+                  successful_only: bool = False) -> dict[str, bool]:
     """Item id -> whether the edit at ``strength`` kept every attribute of ``kind`` it had to preserve (a failed
-    unit or a missing edit did not)."""
+    unit or a missing edit did not). ``successful_only``: only the items whose edit reached its target."""
     out = {}
     for r in recs:
         e = _edit_at(r, strength)
+        if successful_only and not (e or {}).get("success"):
+            continue
         out[r["id"]] = e is not None and all(v for a, v in e.get("preserved", {}).items() if kinds.get(a) == kind)
     return out
 
@@ -97,6 +104,7 @@ def summarize(results: list[dict[str, Any]], strengths: Sequence[float],
     table: dict[str, dict[str, Any]] = {}
     untouched = never_edited(kinds, attributes) if kinds else []
     kept: dict[str, dict[str, dict[str, dict[str, bool]]]] = {}  # model -> kind -> method -> item id -> kept
+    kept_if_success: dict[str, dict[str, dict[str, dict[str, bool]]]] = {}  # the same, successful edits only
     for model in models:
         table[model] = {}
         for method in methods:
@@ -151,6 +159,8 @@ def summarize(results: list[dict[str, Any]], strengths: Sequence[float],
                 entry["by_kind"] = by_kind(recs, ref, kinds)
             for kind in untouched:
                 kept.setdefault(model, {}).setdefault(kind, {})[method] = _kept_by_item(recs, ref, kinds, kind)
+                kept_if_success.setdefault(model, {}).setdefault(kind, {})[method] = _kept_by_item(
+                    recs, ref, kinds, kind, successful_only=True)
             table[model][method] = entry
     paired = {model: {f"{s:g}": paired_tests({method: _precise_by_item(results, model, method, s) for method in methods
                                                if table[model].get(method)}) for s in strengths} for model in models}
@@ -160,6 +170,9 @@ def summarize(results: list[dict[str, Any]], strengths: Sequence[float],
     if untouched:
         out["paired_kept"] = {model: {kind: paired_tests(by_method) for kind, by_method in per_kind.items()}
                               for model, per_kind in kept.items()}
+        # on the tasks both methods edited successfully, so that missing an edit earns no credit for keeping
+        out["paired_kept_if_success"] = {model: {kind: paired_tests(by_method) for kind, by_method in per_kind.items()}
+                                         for model, per_kind in kept_if_success.items()}
     return out
 
 
@@ -283,16 +296,26 @@ def markdown(summary: dict[str, Any], config: Any, plots: list[str]) -> str:
                 cells = [f"{_rate(e['by_kind'].get(k, {}), 'success')} / {_rate(e['by_kind'].get(k, {}), 'kept')}"
                          for k in kinds]
                 lines.append(f"| {model} | {method} | " + " | ".join(cells) + " |")
-    for model, by_kind_tests in summary.get("paired_kept", {}).items():
-        for kind, tests in by_kind_tests.items():
-            lines += ["", f"## Paired tests (edits that keep every {kind} attribute, {model}, strength {ref})", "",
-                      f"No task edits an attribute of kind `{kind}`, so every edit must keep them all. Exact "
-                      "two-sided McNemar test on the tasks both methods ran; `a only` / `b only` count the tasks only "
-                      "one of them kept them all in.", "",
-                      "| a | b | n | rate a | rate b | a - b | a only | b only | p |", "|---" * 9 + "|"]
-            lines += [f"| {t['a']} | {t['b']} | {t['n']} | {_fmt(t['rate_a'])} | {_fmt(t['rate_b'])} | "
-                      f"{_fmt(t['difference'])} | {t['only_a']} | {t['only_b']} | {format_p(t['p_value'])} |"
-                      for t in tests]
+        lines += ["", f"## Per attribute kind: share of the successful edits keeping it (strength {ref})", "",
+                  "An edit that misses its target keeps what it never touched; this counts only the edits that "
+                  "reached it.", "", "| model | method | " + " | ".join(kinds) + " |", "|---|---|" + "---|" * len(kinds)]
+        for model, methods in summary["table"].items():
+            for method, e in methods.items():
+                cells = [_rate(e["by_kind"].get(k, {}), "kept_if_success") for k in kinds]
+                lines.append(f"| {model} | {method} | " + " | ".join(cells) + " |")
+    for key, what, on in (("paired_kept", "edits", "the tasks both methods ran"),
+                          ("paired_kept_if_success", "successful edits",
+                           "the tasks both methods edited successfully (a missed edit earns no credit for keeping)")):
+        for model, by_kind_tests in summary.get(key, {}).items():
+            for kind, tests in by_kind_tests.items():
+                lines += ["", f"## Paired tests ({what} that keep every {kind} attribute, {model}, strength {ref})",
+                          "", f"No task edits an attribute of kind `{kind}`, so every edit must keep them all. Exact "
+                          f"two-sided McNemar test on {on}; `a only` / `b only` count the tasks only one of them "
+                          "kept them all in.", "",
+                          "| a | b | n | rate a | rate b | a - b | a only | b only | p |", "|---" * 9 + "|"]
+                lines += [f"| {t['a']} | {t['b']} | {t['n']} | {_fmt(t['rate_a'])} | {_fmt(t['rate_b'])} | "
+                          f"{_fmt(t['difference'])} | {t['only_a']} | {t['only_b']} | {format_p(t['p_value'])} |"
+                          for t in tests]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
