@@ -120,6 +120,16 @@ def test_timesteps_equal_the_pipeline_schedule(custom_path):
 
 
 # ------------------------------------------------------------------------------------------------ 2. inversion
+def test_fixed_point_inversion_closes_the_euler_round_trip(flux, scene_image):
+    latent = flux.encode(scene_image, "a photo of a red circle")
+    errors = {}
+    for k in (0, 2, 6):
+        rec = flux.sample(flux.invert(latent.z0, latent.cond, 1.0, 5, fixed_point_iterations=k), latent.cond, 1.0, 5)
+        errors[k] = float((rec - latent.z0).pow(2).mean().sqrt() / latent.z0.pow(2).mean().sqrt())
+    assert errors[6] < errors[2] < errors[0], errors
+    assert errors[6] < 0.1 * errors[0], errors
+
+
 @pytest.mark.parametrize("t_end", [1.0, 0.6])
 def test_invert_sample_round_trip_improves_with_steps(flux, scene_image, t_end):
     latent = flux.encode(scene_image, "a photo of a red circle")

@@ -230,6 +230,27 @@ def test_inversion_round_trip_improves_with_steps(calibrated_path):
     assert errors[2] < 0.25, errors
 
 
+def test_fixed_point_inversion_closes_the_round_trip_for_its_evaluations(calibrated_path):
+    encoder = PixArtEncoder.from_pretrained(str(calibrated_path))
+    z0 = encoder.encode_images(torch.rand(1, 3, 32, 32, generator=_seed(0)) * 2 - 1).detach()
+    cond = encoder.encode_prompts(PROMPTS[:1])
+    errors, evals = {}, {}
+    for k in (0, 1, 2, 5):
+        before = encoder.counter.forwards
+        z_t = encoder.invert(z0, cond, 0.6, 10, fixed_point_iterations=k)
+        evals[k] = encoder.counter.forwards - before
+        errors[k] = float((encoder.sample(z_t, cond, 0.6, 10) - z0).norm() / z0.norm())
+    assert errors[5] < errors[2] < errors[1] < errors[0], errors
+    assert errors[5] < 0.01 * errors[0], errors  # each step converges to the latent one sampling step maps back
+    assert evals == {k: 10 * (k + 1) for k in evals}
+    # a step with its prediction at the end point, then one sampling step from there, lands on the start
+    z_next = encoder.invert(z0, cond, 0.06, 1, fixed_point_iterations=20)
+    torch.testing.assert_close(encoder.sample(z_next, cond, 0.06, 1), z0, atol=1e-4, rtol=1e-4)
+    for bad in (-1, 1.5, True, 101):
+        with pytest.raises(InputError, match="fixed_point_iterations"):
+            encoder.invert(z0, cond, 0.6, 2, fixed_point_iterations=bad)
+
+
 def test_half_precision_round_trip_stays_close_to_float32(calibrated_path):
     results = {}
     for dtype in (torch.float32, torch.bfloat16):

@@ -118,6 +118,8 @@ def test_evaluate_cli_refuses_bad_arguments_with_exit_2_and_no_traceback(tmp_pat
     (tmp_path / "notes.txt").write_text("not a pipeline")
     for argv, said in ((["--model", str(tmp_path), "--n", "0"], "--n=0 is invalid; pass at least 1 scene"),
                        (["--model", str(tmp_path), "--inversion-n", "-1"], "--inversion-n=-1 is invalid; pass 0"),
+                       (["--model", str(tmp_path), "--inversion-fixed-point", "-2"],
+                        "--inversion-fixed-point=-2 is invalid; pass 0"),
                        (["--model", str(tmp_path), "--n", "1"], "has no model_index.json; pass a folder")):
         with pytest.raises(SystemExit) as exit_info:
             evaluate_main(argv)

@@ -158,9 +158,10 @@ def evaluate_vae(pipe, family: str, n: int, *, seed: int = EVAL_SEED + 1, device
 
 
 def evaluate_inversion(model: str | Path, n: int, *, steps: int = 50, batch: int = 32, seed: int = EVAL_SEED + 2,
-                       device: str = "cpu", world: int = 1) -> dict[str, Any]:
-    """Round trip through the family's eimsdk backend: encode, invert to t=1, sample back, decode, read (every
-    attribute, unnamed content included)."""
+                       device: str = "cpu", world: int = 1, fixed_point_iterations: int = 0) -> dict[str, Any]:
+    """Round trip through the family's eimsdk backend: encode, invert to t=1 (``fixed_point_iterations`` per
+    step, see :meth:`eimsdk.interfaces.Encoder.invert`), sample back, decode, read (every attribute, unnamed
+    content included)."""
     from eimsdk.editor import Editor
 
     toy = get_world(world)
@@ -173,14 +174,16 @@ def evaluate_inversion(model: str | Path, n: int, *, steps: int = 50, batch: int
         with torch.no_grad():
             z0 = encoder.encode_images(render_pixels(chunk, world).to(encoder.device, encoder.dtype))
             cond = encoder.encode_prompts([toy.caption(s) for s in chunk])
-            z_t = encoder.invert(z0, cond, 1.0, steps)
+            z_t = encoder.invert(z0, cond, 1.0, steps, fixed_point_iterations=fixed_point_iterations)
             images = encoder.decode_latents(encoder.sample(z_t, cond, 1.0, steps))
         readings += reader.read(images.float().cpu().clamp(-1, 1))
-    return {**score(specs, readings), "steps": steps, "backend": type(encoder).__name__}
+    return {**score(specs, readings), "steps": steps, "fixed_point_iterations": fixed_point_iterations,
+            "backend": type(encoder).__name__}
 
 
 def evaluate(model: str | Path, *, n: int = 256, steps: int = 20, guidance: float = 4.0, inversion_n: int = 64,
-             inversion_steps: int = 50, device: str = "cpu", world: int | None = None) -> dict[str, Any]:
+             inversion_steps: int = 50, device: str = "cpu", world: int | None = None,
+             inversion_fixed_point: int = 0) -> dict[str, Any]:
     """All three measurements of one model folder (``world``: default from its ``training.json``)."""
     world = world or world_of(model)
     pipe, family = load_pipeline(model, device)
@@ -191,7 +194,7 @@ def evaluate(model: str | Path, *, n: int = 256, steps: int = 20, guidance: floa
     if inversion_n:
         try:
             report["inversion"] = evaluate_inversion(model, inversion_n, steps=inversion_steps, device=device,
-                                                     world=world)
+                                                     world=world, fixed_point_iterations=inversion_fixed_point)
         except ImportError as exc:  # the family's backend plugin is not installed
             report["inversion"] = {"skipped": f"no backend: {exc}"}
     return report
@@ -228,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale")
     p.add_argument("--inversion-n", type=int, default=64, help="scenes for the inversion round trip (0: skip)")
     p.add_argument("--inversion-steps", type=int, default=50)
+    p.add_argument("--inversion-fixed-point", type=int, default=0, metavar="K",
+                   help="refine each inversion step K times with the prediction at its end point (K + 1 model "
+                        "evaluations per step; 0: plain DDIM / Euler inversion)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--world", type=int, choices=[1, 2], default=None,
                    help="toy world of the model (default: from its training.json)")
@@ -237,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--n={args.n} is invalid; pass at least 1 scene (sampling and the VAE are always measured)")
     if args.inversion_n < 0:
         p.error(f"--inversion-n={args.inversion_n} is invalid; pass 0 to skip the inversion round trip, or more")
+    if not 0 <= args.inversion_fixed_point <= 100:
+        p.error(f"--inversion-fixed-point={args.inversion_fixed_point} is invalid; pass 0 (plain inversion) to 100")
     import diffusers
     import transformers
 
@@ -245,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = evaluate(args.model, n=args.n, steps=args.steps, guidance=args.guidance,
                           inversion_n=args.inversion_n, inversion_steps=args.inversion_steps, device=args.device,
-                          world=args.world)
+                          world=args.world, inversion_fixed_point=args.inversion_fixed_point)
     except InputError as exc:  # a folder that is not a toy pipeline: the message names it and the fix
         p.error(str(exc))
     print(markdown(report))
