@@ -5,8 +5,9 @@ like real checkpoints) encodes a drawn test scene; ``invert`` to ``t_end`` then 
 guidance. Reports the latent relative RMSE ``||z0' - z0|| / ||z0||`` and the PSNR (dB) of the decoded
 reconstruction against the decoded original, as a Markdown table. A random model is not a trained one: the
 numbers show the trend and the cost of inverting to pure noise, not the accuracy of real checkpoints.
+``--fixed-point 0 2 5`` adds rows for ``invert(..., fixed_point_iterations=K)`` (K + 1 evaluations per step).
 
-Run: HF_HUB_OFFLINE=1 python benchmarks/inversion_pixart.py [--steps 5 10 25 50] [--t-end 1.0 0.6]
+Run: HF_HUB_OFFLINE=1 python benchmarks/inversion_pixart.py [--steps 5 10 25 50] [--t-end 1.0 0.6] [--fixed-point 0]
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, nargs="+", default=[5, 10, 25, 50])
     parser.add_argument("--t-end", type=float, nargs="+", default=[1.0, 0.6])
+    parser.add_argument("--fixed-point", type=int, nargs="+", default=[0], help="fixed-point iterations per step")
     args = parser.parse_args()
     torch.manual_seed(0)
 
@@ -50,19 +52,18 @@ def main() -> None:
         latent = encoder.encode(scene(), "a photo of a red circle and a blue square")
         with torch.no_grad():
             reference = encoder.decode_latents(latent.z0)
-        print("| t_end | steps | latent rel. RMSE | pixel PSNR (dB) | model evals | seconds |")
-        print("|---|---|---|---|---|---|")
-        for t_end in args.t_end:
-            for steps in args.steps:
-                before, t0 = encoder.counter.forwards, time.perf_counter()
-                z_t = encoder.invert(latent.z0, latent.cond, t_end, steps)
-                z0 = encoder.sample(z_t, latent.cond, t_end, steps)
-                seconds = time.perf_counter() - t0
-                with torch.no_grad():
-                    image = encoder.decode_latents(z0)
-                rmse = float((z0 - latent.z0).norm() / latent.z0.norm())
-                print(f"| {t_end:g} | {steps} | {rmse:.4f} | {psnr(image, reference):.1f} | "
-                      f"{encoder.counter.forwards - before} | {seconds:.2f} |")
+        print("| t_end | steps | fixed-point K | latent rel. RMSE | pixel PSNR (dB) | model evals | seconds |")
+        print("|---|---|---|---|---|---|---|")
+        for t_end, steps, k in ((t, n, k) for t in args.t_end for n in args.steps for k in args.fixed_point):
+            before, t0 = encoder.counter.forwards, time.perf_counter()
+            z_t = encoder.invert(latent.z0, latent.cond, t_end, steps, fixed_point_iterations=k)
+            z0 = encoder.sample(z_t, latent.cond, t_end, steps)
+            seconds = time.perf_counter() - t0
+            with torch.no_grad():
+                image = encoder.decode_latents(z0)
+            rmse = float((z0 - latent.z0).norm() / latent.z0.norm())
+            print(f"| {t_end:g} | {steps} | {k} | {rmse:.4f} | {psnr(image, reference):.1f} | "
+                  f"{encoder.counter.forwards - before} | {seconds:.2f} |")
 
 
 if __name__ == "__main__":
