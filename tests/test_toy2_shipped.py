@@ -52,3 +52,4 @@ def test_shipped_world2_model_follows_captions_draws_unnamed_content_and_inverts
     assert texture.get("horizontal", 0) > 0 and texture.get("vertical", 0) > 0, sampling["unnamed"]
     inversion = evaluate_inversion(path, 8, steps=25, batch=8, world=2)
     assert inversion["all"] >= 0.75, inversion
+    assert len(inversion["scene_all_right"]) == 8 and sum(inversion["scene_all_right"]) == round(8 * inversion["all"])

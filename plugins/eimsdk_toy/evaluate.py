@@ -177,8 +177,11 @@ def evaluate_inversion(model: str | Path, n: int, *, steps: int = 50, batch: int
             z_t = encoder.invert(z0, cond, 1.0, steps, fixed_point_iterations=fixed_point_iterations)
             images = encoder.decode_latents(encoder.sample(z_t, cond, 1.0, steps))
         readings += reader.read(images.float().cpu().clamp(-1, 1))
+    names = list(specs[0].attributes())
     return {**score(specs, readings), "steps": steps, "fixed_point_iterations": fixed_point_iterations,
-            "backend": type(encoder).__name__}
+            "backend": type(encoder).__name__,
+            # per scene, in the order of eval_specs(n, seed): every attribute right (for paired tests between runs)
+            "scene_all_right": [all(r[a] == getattr(s, a) for a in names) for s, r in zip(specs, readings)]}
 
 
 def evaluate(model: str | Path, *, n: int = 256, steps: int = 20, guidance: float = 4.0, inversion_n: int = 64,
