@@ -11,3 +11,19 @@ os.environ.setdefault("EIMSDK_NUM_THREADS", "1")
 import torch  # noqa: E402 - after the environment above
 
 torch.set_num_threads(1)
+
+import importlib.util  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def benchmark_script(request):
+    """The module of ``benchmarks/<name>.py``, where ``name`` is the test module's ``SCRIPT_NAME``."""
+    name = request.module.SCRIPT_NAME
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "frontier.py"
+SCRIPT_NAME = "frontier"
 
 
 @pytest.fixture(scope="module")
-def frontier():
-    spec = importlib.util.spec_from_file_location("frontier", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def frontier(benchmark_script):
+    return benchmark_script
 
 
 def _summary(rows):
