@@ -24,7 +24,7 @@ SUITE = settings(max_examples=40, deadline=None, database=None, derandomize=True
                  suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 FINDER_KEYS = ["lam", "mu", "gn_steps", "cg_iters", "cg_tol", "t_min", "t_max", "num_timesteps", "weighting",
                "curvature", "seed"]
-MANIPULATOR_KEYS = ["t_edit", "num_steps", "guidance_scale", "ablation", "invert_under"]
+MANIPULATOR_KEYS = ["t_edit", "num_steps", "guidance_scale", "ablation", "invert_under", "inversion_fixed_point"]
 
 
 @pytest.fixture(scope="module")
