@@ -1,4 +1,8 @@
+import importlib.util
 import os
+from pathlib import Path
+
+import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -11,11 +15,6 @@ os.environ.setdefault("EIMSDK_NUM_THREADS", "1")
 import torch  # noqa: E402 - after the environment above
 
 torch.set_num_threads(1)
-
-import importlib.util  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,11 @@
 ``z0' = z0 + sum_i a_i dz_i`` and ``c' = c + sum_i a_i dc_i``; invert ``z0'`` deterministically under the source
 conditioning ``c`` to the edit time ``t_edit``, then sample back to 0 under ``c'``. Strengths are continuous and
 signed; several directions compose by addition. ``inversion_fixed_point=K`` refines each inversion step K times
-(``Encoder.invert``), so that sampling retraces the inversion more exactly. ``invert_under="edited"`` inverts under ``c'`` instead: then the
-resampling adds no text-driven change of its own and ``dz`` alone carries the edit (docs/method.md compares the two). A direction with strength exactly 0 is left out entirely, so
-strength 0 returns the inversion round trip of the source bit for bit (adding a direction, even scaled, also
-adds its token masks to ``c``).
+(``Encoder.invert``), so that sampling retraces the inversion more exactly. ``invert_under="edited"`` inverts under
+``c'`` instead: then the resampling adds no text-driven change of its own and ``dz`` alone carries the edit
+(docs/method.md compares the two). A direction with strength exactly 0 is left out entirely, so strength 0 returns
+the inversion round trip of the source bit for bit (adding a direction, even scaled, also adds its token masks to
+``c``).
 """
 
 from __future__ import annotations
