@@ -20,7 +20,9 @@ from eimsdk_toy.worlds import get_world
 
 pytestmark = pytest.mark.slow
 
-SHIPPED_DENOISERS = ["sd3", "flux"]  # toy2-pixart is still training (docs/toy-world.md)
+# family -> fixed-point iterations of the inversion check: toy2-pixart's plain DDIM inversion loses the 9 px second
+# object in about a third of scenes, its fixed-point inversion keeps it (docs/toy-world.md); flow inversion keeps it
+SHIPPED_DENOISERS = {"sd3": 0, "flux": 0, "pixart": 2}
 
 
 def test_shipped_world2_vae_keeps_every_attribute():
@@ -36,7 +38,7 @@ def test_shipped_world2_vae_keeps_every_attribute():
     assert result["all"] >= 0.96, result
 
 
-@pytest.mark.parametrize("family", SHIPPED_DENOISERS)
+@pytest.mark.parametrize("family", list(SHIPPED_DENOISERS))
 def test_shipped_world2_model_follows_captions_draws_unnamed_content_and_inverts(family):
     path = default_model_path(family, world=2)
     pipe, loaded_family = load_pipeline(path)
@@ -50,6 +52,7 @@ def test_shipped_world2_model_follows_captions_draws_unnamed_content_and_inverts
     assert present >= 0.5, sampling["unnamed"]
     texture = sampling["unnamed"]["texture"]["samples"]
     assert texture.get("horizontal", 0) > 0 and texture.get("vertical", 0) > 0, sampling["unnamed"]
-    inversion = evaluate_inversion(path, 8, steps=25, batch=8, world=2)
+    inversion = evaluate_inversion(path, 8, steps=25, batch=8, world=2,
+                                   fixed_point_iterations=SHIPPED_DENOISERS[family])
     assert inversion["all"] >= 0.75, inversion
     assert len(inversion["scene_all_right"]) == 8 and sum(inversion["scene_all_right"]) == round(8 * inversion["all"])
