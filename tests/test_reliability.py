@@ -381,6 +381,12 @@ def test_unit_key_follows_the_image_content(tmp_path):
     assert unit_key(item, "m", parse_method("text"), cfg) == key
     photo(image, 16, 17)  # the same path, other content
     assert unit_key(item, "m", parse_method("text"), cfg) != key
+    # the same bytes in another folder (another run's OUT/manifest): the same unit, so units can be merged
+    moved = tmp_path / "other" / "src.png"
+    moved.parent.mkdir()
+    moved.write_bytes(image.read_bytes())
+    assert unit_key(item.model_copy(update={"image": str(moved)}), "m", parse_method("text"), cfg) == \
+        unit_key(item, "m", parse_method("text"), cfg)
 
 
 def test_stale_temp_files_are_removed(tmp_path):
