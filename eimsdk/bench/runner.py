@@ -146,17 +146,14 @@ RESULT_SETTINGS = {"strengths", "reader", "reader_config", "manipulator", "manip
 def unit_key(item: ManifestItem, model: str, method: MethodSpec, config: BenchConfig) -> str:
     """Hash of everything that determines a unit's result (not the device, not the image flags).
 
-    For an item with a readable image file, the hash of the file's bytes stands for it, not its path: a replaced
-    image is a new unit, and units move between output folders (a manifest source renders into OUT/manifest).
+    The hash of the image file's bytes stands for the image, not its path (kept only when the file cannot be
+    read): a replaced image is a new unit, and units move between output folders (a manifest source renders into
+    OUT/manifest).
     """
-    fields = item.model_dump()
-    digest = file_digest(item.image) if item.image is not None else None
-    if digest is not None:
-        del fields["image"]
-    payload = {"v": RESULT_VERSION, "item": fields, "model": model, "method": method.label,
+    digest = file_digest(item.image)
+    fields = item.model_dump(exclude={"image"} if digest is not None else None)
+    payload = {"v": RESULT_VERSION, "item": fields, "model": model, "method": method.label, "image_sha256": digest,
                **config.model_dump(include=RESULT_SETTINGS)}
-    if item.image is not None:
-        payload["image_sha256"] = digest
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
