@@ -52,6 +52,25 @@ def test_run_then_rebuild_the_report(tmp_path, capsys, fakes_installed):
     assert "missing" in capsys.readouterr().err
 
 
+def test_examples_grid_says_which_images_a_merged_unit_lacks(tmp_path, monkeypatch, fakes_installed):
+    """A unit copied from another run's items/ has no images here: the grid says so instead of drawing blanks."""
+    import eimsdk.bench.report as report
+    from eimsdk.bench.manifest import write_manifest
+
+    manifest = write_manifest(clean_items(1), tmp_path / "m.jsonl")
+    out = tmp_path / "out"
+    assert main(["bench", str(manifest), "--models", fake_model(tmp_path / "fake"), "--methods", "fake-oracle",
+                 "--manipulator", "fake-add", "--strengths", "1", "--out", str(out), "--no-progress"]) == 0
+    results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    titles = []
+    monkeypatch.setattr(report, "_save", lambda fig, path: titles.append(fig._suptitle.get_text()) or path.name)
+    report.plot_examples(out, results, "fake", 1.0, tmp_path / "a.png")
+    assert "not in this output folder" not in titles[-1]
+    (out / results[0]["edits"][0]["image"]).unlink()
+    report.plot_examples(out, results, "fake", 1.0, tmp_path / "b.png")
+    assert "(1 image(s) not in this output folder)" in titles[-1]
+
+
 @pytest.mark.parametrize("argv, match", [
     (["bench", "--out", "{tmp}"], "give a MANIFEST"),
     (["bench", "{tmp}/none.jsonl", "--out", "{tmp}"], "none.jsonl' does not exist"),

@@ -409,6 +409,7 @@ def plot_examples(out: Path, results: list[dict[str, Any]], model: str, strength
         return None
     fig = Figure(figsize=(1.6 * (len(methods) + 1), 1.75 * len(rows)))
     axes = fig.subplots(len(rows), len(methods) + 1, squeeze=False)
+    missing = 0
     for i, item_id in enumerate(rows):
         first = next(r for r in recs if r["id"] == item_id)
         cells = [("source", first["source_image"], None)]
@@ -423,6 +424,10 @@ def plot_examples(out: Path, results: list[dict[str, Any]], model: str, strength
             if rel and (out / rel).is_file():
                 with Image.open(out / rel) as im:
                     ax.imshow(np.asarray(im.convert("RGB")), interpolation="nearest")
+            elif rel:  # a unit copied from another run's items/ comes without its images
+                ax.text(0.5, 0.5, "image not\nin OUT", ha="center", va="center", fontsize=7, color="0.4",
+                        transform=ax.transAxes)
+                missing += 1
             mark = "" if edit is None else ("precise" if edit.get("success") and edit.get("preserved_all") else
                                             "leaky" if edit.get("success") else "miss")
             if i == 0:
@@ -432,7 +437,10 @@ def plot_examples(out: Path, results: list[dict[str, Any]], model: str, strength
                               fontsize=7)
             elif mark:
                 ax.set_xlabel(mark, fontsize=7)
-    fig.suptitle(f"{model}: edits at strength {strength:g}", fontsize=10)
+    title = f"{model}: edits at strength {strength:g}"
+    if missing:
+        title += f" ({missing} image(s) not in this output folder)"
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
