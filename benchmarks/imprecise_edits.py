@@ -10,30 +10,27 @@ from __future__ import annotations
 
 import argparse
 import collections
-import gzip
-import json
 from pathlib import Path
+
+from eimsdk.bench.runner import read_results
 
 
 def breakdown(path: Path, strength: float = 1.0) -> dict[str, dict]:
     """``{method: {"precise": n, "missed": n, "leaky": n, "leaked": Counter(attribute -> n)}}``."""
-    opener = gzip.open if path.suffix == ".gz" else open
     rows: dict[str, dict] = collections.defaultdict(
         lambda: {"precise": 0, "missed": 0, "leaky": 0, "leaked": collections.Counter()})
-    with opener(path, "rt") as fh:
-        for line in fh:
-            item = json.loads(line)
-            for edit in item["edits"]:
-                if edit["strength"] != strength:
-                    continue
-                row = rows[item["method"]]
-                if not edit["success"]:
-                    row["missed"] += 1
-                elif edit["preserved_all"]:
-                    row["precise"] += 1
-                else:
-                    row["leaky"] += 1
-                    row["leaked"].update(k for k, kept in edit["preserved"].items() if not kept)
+    for item in read_results(path):
+        for edit in item["edits"]:
+            if edit["strength"] != strength:
+                continue
+            row = rows[item["method"]]
+            if not edit["success"]:
+                row["missed"] += 1
+            elif edit["preserved_all"]:
+                row["precise"] += 1
+            else:
+                row["leaky"] += 1
+                row["leaked"].update(k for k, kept in edit["preserved"].items() if not kept)
     return dict(rows)
 
 

@@ -11,29 +11,23 @@ images of a restored unit are not restored (the report's example grid says so).
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 from pathlib import Path
 
-from eimsdk.bench.runner import parse_method, result_path
-from eimsdk.records import atomic_write_text
+from eimsdk.bench.runner import parse_method, read_results, result_path, write_result
 
 
 def restore(results: Path, out: Path, methods: list[str] | None = None) -> dict[str, int]:
     """Write each record (of ``methods``, default all) to ``OUT/items/MODEL/METHOD/ID.json``; count per method."""
-    opener = gzip.open if results.suffix == ".gz" else open
     written: dict[str, int] = {}
-    with opener(results, "rt") as fh:
-        for line in fh:
-            record = json.loads(line)
-            if methods and record["method"] not in methods:
-                continue
-            path = result_path(out, record["model"], parse_method(record["method"]), record["id"])
-            if path.exists():
-                continue
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True))
-            written[record["method"]] = written.get(record["method"], 0) + 1
+    for record in read_results(results):
+        if methods and record["method"] not in methods:
+            continue
+        path = result_path(out, record["model"], parse_method(record["method"]), record["id"])
+        if path.exists():
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_result(path, record)
+        written[record["method"]] = written.get(record["method"], 0) + 1
     return written
 
 

@@ -184,14 +184,15 @@ def comparison_markdown(rows: list[dict[str, Any]]) -> str:
 
 def load_run(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
     """A run folder (``summary.json``, and ``results.jsonl`` when kept) or a ``summary.json`` file."""
+    from eimsdk.bench.runner import read_results
+
     path = Path(path)
     summary_path = path / "summary.json" if path.is_dir() else path
     if not summary_path.is_file():
         raise InputError(f"{str(path)!r} is neither a benchmark output folder with summary.json nor a summary.json")
     summary = json.loads(summary_path.read_text())
     results_path = summary_path.parent / "results.jsonl"
-    results = ([json.loads(line) for line in results_path.read_text().splitlines() if line.strip()]
-               if results_path.is_file() else None)
+    results = read_results(results_path) if results_path.is_file() else None
     return summary, results
 
 

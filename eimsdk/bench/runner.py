@@ -19,6 +19,7 @@ processes. Rank 0 waits for every rank, merges ``results.jsonl`` and writes the 
 from __future__ import annotations
 
 import functools
+import gzip
 import hashlib
 import json
 import os
@@ -247,6 +248,19 @@ def read_result(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def write_result(path: Path, record: dict[str, Any]) -> None:
+    """Write a unit's result atomically (the file :func:`read_result` reads)."""
+    atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True))
+
+
+def read_results(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every record of a run's ``results.jsonl``, or of a stored copy of it gzipped as ``results.jsonl.gz``."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
 class Runner:
     """Runs a manifest; see the module docstring. ``plugin_manager`` defaults to the installed plugins."""
 
@@ -425,14 +439,14 @@ class Runner:
                                   **method.manipulator_config) for s in cfg.strengths]
         except EimsdkError as exc:
             record["error"] = f"{type(exc).__name__}: {exc}"
-            atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True))
+            write_result(path, record)
             return record
         record["find_cost"] = direction.meta["cost"]
         if cfg.save_directions or cfg.internal:
             direction.save(path.with_suffix("") / "direction.safetensors")
         for strength, edit in zip(cfg.strengths, edits):
             record["edits"].append(self._score_edit(source, strength, edit, path))
-        atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True))
+        write_result(path, record)
         return record
 
     def _score_edit(self, source: "_Source", strength: float, edit, path: Path) -> dict[str, Any]:
