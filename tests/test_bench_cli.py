@@ -83,3 +83,27 @@ def test_examples_grid_says_which_images_a_merged_unit_lacks(tmp_path, monkeypat
 def test_errors_name_the_argument(tmp_path, capsys, argv, match):
     assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
     assert match in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("env, match", [
+    ({"RANK": "0", "WORLD_SIZE": "2"}, "MASTER_ADDR and MASTER_PORT are not"),
+    ({"RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1"}, "MASTER_PORT is not"),
+    ({"RANK": "2", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}, "0 <= RANK < WORLD_SIZE"),
+    ({"RANK": "one"}, "RANK='one' is not an integer"),
+])
+def test_a_hand_set_rank_is_refused_before_any_edit(tmp_path, capsys, monkeypatch, fakes_installed, env, match):
+    """Ranks meet through torch.distributed when they finish: without its address the run is refused up front
+    (exit 2, no unit edited), not after every edit with a traceback."""
+    from eimsdk.bench.manifest import write_manifest
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    manifest = write_manifest(clean_items(1), tmp_path / "m.jsonl")
+    out = tmp_path / "out"
+    assert main(["bench", str(manifest), "--models", fake_model(tmp_path / "fake"), "--methods", "fake-oracle",
+                 "--manipulator", "fake-add", "--strengths", "1", "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert match in err and "Traceback" not in err
+    assert not list(out.glob("items/*/*/*.json"))  # nothing edited

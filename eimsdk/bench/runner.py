@@ -126,8 +126,32 @@ def item_seed(item_id: str, offset: int = 0) -> int:
 
 
 def dist_env() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from the launcher's environment; (0, 1, 0) when not launched."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+    """(rank, world size, local rank) from the launcher's environment; (0, 1, 0) when not launched.
+
+    Checked before any unit runs: the ranks meet at the end through ``torch.distributed`` (rank 0 waits for the
+    others, then merges), which needs ``MASTER_ADDR`` and ``MASTER_PORT``; a hand-set ``RANK`` / ``WORLD_SIZE``
+    without them would otherwise edit every unit and fail with a traceback at that meeting.
+    """
+    values = {}
+    for name, default in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)):
+        raw = os.environ.get(name, str(default))
+        try:
+            values[name] = int(raw)
+        except ValueError:
+            raise InputError(f"environment variable {name}={raw!r} is not an integer; unset it, or start the ranks "
+                             "with `torchrun` or `accelerate launch`, which set it") from None
+    rank, world_size, local_rank = values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"]
+    if world_size < 1 or not 0 <= rank < world_size or local_rank < 0:
+        raise InputError(f"environment variables RANK={rank}, WORLD_SIZE={world_size}, LOCAL_RANK={local_rank} do "
+                         "not describe a rank of a run (need 0 <= RANK < WORLD_SIZE); unset them, or start the ranks "
+                         "with `torchrun` or `accelerate launch`")
+    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if world_size > 1 and not os.environ.get(name)]
+    if missing:
+        raise InputError(f"WORLD_SIZE={world_size} is set but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
+                         "not: the ranks meet through torch.distributed when they finish; start them with `torchrun "
+                         "--nproc_per_node N -m eimsdk bench ...` or `accelerate launch`, or set MASTER_ADDR=127.0.0.1 "
+                         "MASTER_PORT=29500 in every rank's environment")
+    return rank, world_size, local_rank
 
 
 def model_label(model: str) -> str:
