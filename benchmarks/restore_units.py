@@ -25,7 +25,6 @@ def restore(results: Path, out: Path, methods: list[str] | None = None) -> dict[
         path = result_path(out, record["model"], parse_method(record["method"]), record["id"])
         if path.exists():
             continue
-        path.parent.mkdir(parents=True, exist_ok=True)
         write_result(path, record)
         written[record["method"]] = written.get(record["method"], 0) + 1
     return written

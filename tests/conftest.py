@@ -26,3 +26,13 @@ def benchmark_script(request):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture
+def fakes_installed(monkeypatch):
+    """The CLI's process-wide plugin manager, with the fake world of ``test_bench_world`` added for this test only."""
+    import eimsdk.plugins
+    from test_bench_world import plugin_manager
+
+    monkeypatch.setattr(eimsdk.plugins, "_MANAGER", plugin_manager())
+    return eimsdk.plugins.get_plugin_manager()

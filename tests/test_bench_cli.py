@@ -7,17 +7,7 @@ import json
 import pytest
 
 from eimsdk.cli import main
-from eimsdk.plugins import get_plugin_manager
-from test_bench_world import clean_items, fake_model, plugin_manager
-
-
-@pytest.fixture
-def fakes_installed(monkeypatch):
-    """The CLI's process-wide plugin manager, with the fake world added for this test only."""
-    import eimsdk.plugins
-
-    monkeypatch.setattr(eimsdk.plugins, "_MANAGER", plugin_manager())
-    return get_plugin_manager()
+from test_bench_world import clean_items, fake_model
 
 
 def test_manifest_only_writes_the_toy_manifest(tmp_path, capsys):

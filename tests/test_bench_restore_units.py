@@ -10,7 +10,6 @@ import shutil
 import pytest
 
 from eimsdk.cli import main
-from test_bench_cli import fakes_installed  # noqa: F401 - fixture
 from test_bench_world import clean_items, fake_model
 
 SCRIPT_NAME = "restore_units"
@@ -21,7 +20,7 @@ def script(benchmark_script):
     return benchmark_script
 
 
-def test_stored_results_merge_into_another_run(script, tmp_path, capsys, fakes_installed):  # noqa: F811
+def test_stored_results_merge_into_another_run(script, tmp_path, capsys, fakes_installed):
     from eimsdk.bench.manifest import write_manifest
 
     manifest = write_manifest(clean_items(1), tmp_path / "m.jsonl")

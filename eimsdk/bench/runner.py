@@ -145,9 +145,10 @@ def dist_env() -> tuple[int, int, int]:
         raise InputError(f"environment variables RANK={rank}, WORLD_SIZE={world_size}, LOCAL_RANK={local_rank} do "
                          "not describe a rank of a run (need 0 <= RANK < WORLD_SIZE); unset them, or start the ranks "
                          "with `torchrun` or `accelerate launch`")
-    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if world_size > 1 and not os.environ.get(name)]
+    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)] if world_size > 1 else []
     if missing:
-        raise InputError(f"WORLD_SIZE={world_size} is set but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
+        verb = "is" if len(missing) == 1 else "are"
+        raise InputError(f"WORLD_SIZE={world_size} is set but {' and '.join(missing)} {verb} "
                          "not: the ranks meet through torch.distributed when they finish; start them with `torchrun "
                          "--nproc_per_node N -m eimsdk bench ...` or `accelerate launch`, or set MASTER_ADDR=127.0.0.1 "
                          "MASTER_PORT=29500 in every rank's environment")
