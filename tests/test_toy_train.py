@@ -257,3 +257,21 @@ def test_edge_loss_weighs_edges_not_offsets():
     assert TrainConfig(family="vae", edge_weight=1.0).edge_weight == 1.0
     with pytest.raises(ValidationError):
         TrainConfig(family="vae", edge_weight=-1.0)
+
+
+def test_pixart_samples_read_captions_like_the_encoder_not_through_the_pipelines_cleaner(monkeypatch):
+    from eimsdk_toy import default_model_path
+
+    seen = []
+    original = diffusers.PixArtAlphaPipeline._text_preprocessing
+
+    def recording(self, text, clean_caption=False):
+        seen.append(clean_caption)
+        return original(self, text, clean_caption=False)
+
+    monkeypatch.setattr(diffusers.PixArtAlphaPipeline, "_text_preprocessing", recording)
+    pipe = diffusers.PixArtAlphaPipeline.from_pretrained(default_model_path("pixart"), torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    pipe("A large red circle at the top left on a black background ", num_inference_steps=2, output_type="pt",
+         **sample_kwargs("pixart"))
+    assert seen and not any(seen), "the pipeline's clean_caption cleaner ran"

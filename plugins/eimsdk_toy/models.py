@@ -226,9 +226,11 @@ def text_context_kwargs(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def sample_kwargs(family: str, image_size: int = IMAGE_SIZE, options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Pipeline call arguments every toy model needs (size; PixArt has no resolution bins at this size; the
-    stored text context, ``options`` from :func:`encoder_options`)."""
+    """Pipeline call arguments every toy model needs (size; PixArt has no resolution bins at this size and reads
+    captions as the eimsdk PixArt encoder does, lower-cased and stripped, not through the pipeline's default
+    ``clean_caption=True`` cleaner, which needs bs4 and ftfy, warns on every call without them and rewrites
+    captions with them; the stored text context, ``options`` from :func:`encoder_options`)."""
     kw: dict[str, Any] = {"height": image_size, "width": image_size, **text_context_kwargs(options or {})}
     if family == "pixart":
-        kw["use_resolution_binning"] = False
+        kw.update(use_resolution_binning=False, clean_caption=False)
     return kw
