@@ -261,6 +261,7 @@ def test_edge_loss_weighs_edges_not_offsets():
 
 def test_pixart_samples_read_captions_like_the_encoder_not_through_the_pipelines_cleaner(monkeypatch):
     from eimsdk_toy import default_model_path
+    from eimsdk_toy.evaluate import load_pipeline
 
     seen = []
     original = diffusers.PixArtAlphaPipeline._text_preprocessing
@@ -270,8 +271,8 @@ def test_pixart_samples_read_captions_like_the_encoder_not_through_the_pipelines
         return original(self, text, clean_caption=False)
 
     monkeypatch.setattr(diffusers.PixArtAlphaPipeline, "_text_preprocessing", recording)
-    pipe = diffusers.PixArtAlphaPipeline.from_pretrained(default_model_path("pixart"), torch_dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
+    pipe, family = load_pipeline(default_model_path("pixart"))
+    assert isinstance(pipe, diffusers.PixArtAlphaPipeline)
     pipe("A large red circle at the top left on a black background ", num_inference_steps=2, output_type="pt",
-         **sample_kwargs("pixart"))
+         **sample_kwargs(family))
     assert seen and not any(seen), "the pipeline's clean_caption cleaner ran"
