@@ -3,6 +3,7 @@
 Usage::
 
     python -m eimsdk_toy.evaluate --model DIR [--n 256] [--steps 20] [--guidance 4.0] [--json OUT.json]
+        [--seed 10000] [--scheduler KEY=VALUE ...]
 
 Three numbers per model (targets from the toy-world issue); a world-2 model (its ``training.json`` says so, or
 ``--world 2``) is read by the world-2 reader, scored on the attributes its captions name, and its samples' unnamed
@@ -88,6 +89,51 @@ def render_pixels(specs: Sequence[Any], world: int = 1) -> torch.Tensor:
     return torch.from_numpy(arr / 127.5 - 1.0).permute(0, 3, 1, 2).contiguous()
 
 
+def parse_scheduler_options(items: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings -> scheduler config overrides (``true``/``false``, numbers, else text; the key
+    ``scheduler`` names another diffusers scheduler class, e.g. ``scheduler=FlowMatchHeunDiscreteScheduler``)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key or not text:
+            raise InputError(f"scheduler option {item!r} is not KEY=VALUE; pass e.g. stochastic_sampling=true")
+        value: Any = {"true": True, "false": False}.get(text.lower(), text)
+        if isinstance(value, str):
+            for kind in (int, float):
+                try:
+                    value = kind(text)
+                    break
+                except ValueError:
+                    pass
+        out[key] = value
+    return out
+
+
+def with_scheduler(pipe, options: dict[str, Any]):
+    """Set ``pipe``'s scheduler to one built from the shipped scheduler's config with ``options`` on top (see
+    :func:`parse_scheduler_options`); an empty ``options`` restores the shipped one. Returns ``pipe``."""
+    import diffusers
+
+    shipped = pipe.__dict__.setdefault("_toy_shipped_scheduler", pipe.scheduler)
+    options = dict(options)
+    name = options.pop("scheduler", type(shipped).__name__)
+    cls = getattr(diffusers, str(name), None)
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
+        raise InputError(f"scheduler={name!r} is not a diffusers scheduler class; pass e.g. "
+                         f"scheduler={type(shipped).__name__}")
+    try:
+        unknown = sorted(set(options) - set(cls.from_config(shipped.config).config))
+        if unknown:
+            raise InputError(f"scheduler options {unknown} are not in {cls.__name__}'s config; pass keys of "
+                             f"{sorted(k for k in shipped.config if not k.startswith('_'))}")
+        built = cls.from_config(shipped.config, **options) if options or cls is not type(shipped) else shipped
+    except (ValueError, TypeError, NotImplementedError) as exc:  # the scheduler's own check of its config
+        raise InputError(f"scheduler options {options} are refused by {cls.__name__}: {exc}; pass values its "
+                         "documentation allows") from None
+    pipe.scheduler = built
+    return pipe
+
+
 def load_pipeline(model: str | Path, device: str = "cpu"):
     import diffusers
 
@@ -130,13 +176,17 @@ def sample_readings(pipe, family: str, specs: Sequence, *, steps: int, guidance:
 
 
 def evaluate_sampling(pipe, family: str, n: int, *, steps: int = 20, guidance: float = 4.0, batch: int = 32,
-                      seed: int = EVAL_SEED, device: str = "cpu", world: int = 1) -> dict[str, Any]:
-    """Captions -> samples -> readers, scored on the named attributes; world 2 adds ``unnamed`` statistics."""
+                      seed: int = EVAL_SEED, device: str = "cpu", world: int = 1,
+                      scheduler: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Captions -> samples -> readers, scored on the named attributes; world 2 adds ``unnamed`` statistics.
+    ``scheduler``: options of :func:`with_scheduler` (default: the shipped scheduler)."""
     toy = get_world(world)
+    with_scheduler(pipe, scheduler or {})
     specs = eval_specs(n, seed, world)
     readings = sample_readings(pipe, family, specs, steps=steps, guidance=guidance, batch=batch, seed=seed,
                                device=device, world=world)
-    report = {**score(specs, readings, toy.named), "steps": steps, "guidance": guidance}
+    report = {**score(specs, readings, toy.named), "steps": steps, "guidance": guidance, "seed": seed,
+              "scheduler": {"class": type(pipe.scheduler).__name__, **(scheduler or {})}}
     if toy.unnamed:  # the training pool's own scenes (train.py draws them from seed + 1), read the same way
         training = toy.reader().read([toy.render(s) for s in eval_specs(n, 1, world)])
         report["unnamed"] = unnamed_statistics(readings, training, toy.unnamed)
@@ -186,14 +236,18 @@ def evaluate_inversion(model: str | Path, n: int, *, steps: int = 50, batch: int
 
 def evaluate(model: str | Path, *, n: int = 256, steps: int = 20, guidance: float = 4.0, inversion_n: int = 64,
              inversion_steps: int = 50, device: str = "cpu", world: int | None = None,
-             inversion_fixed_point: int = 0) -> dict[str, Any]:
-    """All three measurements of one model folder (``world``: default from its ``training.json``)."""
+             inversion_fixed_point: int = 0, seed: int = EVAL_SEED,
+             scheduler: dict[str, Any] | None = None) -> dict[str, Any]:
+    """All three measurements of one model folder (``world``: default from its ``training.json``; ``seed`` and
+    ``scheduler`` apply to sampling from captions only)."""
     world = world or world_of(model)
     pipe, family = load_pipeline(model, device)
+    with_scheduler(pipe, scheduler or {})  # a bad option fails here, before any measurement
     report: dict[str, Any] = {"model": str(model), "family": family, "world": world,
                               "vae": evaluate_vae(pipe, family, n, device=device, world=world),
                               "sampling": evaluate_sampling(pipe, family, n, steps=steps, guidance=guidance,
-                                                            device=device, world=world)}
+                                                            device=device, world=world, seed=seed,
+                                                            scheduler=scheduler)}
     if inversion_n:
         try:
             report["inversion"] = evaluate_inversion(model, inversion_n, steps=inversion_steps, device=device,
@@ -232,6 +286,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=256, help="scenes sampled from captions")
     p.add_argument("--steps", type=int, default=20, help="sampling steps")
     p.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale")
+    p.add_argument("--seed", type=int, default=EVAL_SEED,
+                   help=f"seed of the captions' scenes and the sampling noise (default {EVAL_SEED}, the evaluation's)")
+    p.add_argument("--scheduler", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="sampling from captions only: scheduler config overrides (scheduler=CLASS swaps the class), "
+                        "e.g. stochastic_sampling=true; default: the shipped scheduler")
     p.add_argument("--inversion-n", type=int, default=64, help="scenes for the inversion round trip (0: skip)")
     p.add_argument("--inversion-steps", type=int, default=50)
     p.add_argument("--inversion-fixed-point", type=int, default=0, metavar="K",
@@ -256,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = evaluate(args.model, n=args.n, steps=args.steps, guidance=args.guidance,
                           inversion_n=args.inversion_n, inversion_steps=args.inversion_steps, device=args.device,
-                          world=args.world, inversion_fixed_point=args.inversion_fixed_point)
+                          world=args.world, inversion_fixed_point=args.inversion_fixed_point, seed=args.seed,
+                          scheduler=parse_scheduler_options(args.scheduler))
     except InputError as exc:  # a folder that is not a toy pipeline: the message names it and the fix
         p.error(str(exc))
     print(markdown(report))
