@@ -276,3 +276,70 @@ def test_pixart_samples_read_captions_like_the_encoder_not_through_the_pipelines
     pipe("A large red circle at the top left on a black background ", num_inference_steps=2, output_type="pt",
          **sample_kwargs(family))
     assert seen and not any(seen), "the pipeline's clean_caption cleaner ran"
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_train_shift_sets_the_noise_levels_flow_training_draws(out_root, tmp_path, monkeypatch, family):
+    import eimsdk_toy.train as train_module
+
+    shifts = []
+    original = train_module.diffusion_loss
+
+    def recording(family_, transformer, z0, cond, gen, alphas_cumprod, shift, *args, **kwargs):
+        shifts.append(shift)
+        return original(family_, transformer, z0, cond, gen, alphas_cumprod, shift, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "diffusion_loss", recording)
+    (tmp_path / "vae").symlink_to(out_root / "vae")
+    (default,) = train(family, tmp_path, steps=2, **SMALL)
+    sampler = train_module.flow_shift(family, diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(
+        default / "scheduler"), 16)
+    assert shifts == [pytest.approx(sampler)] * 2 and sampler > 1.2  # the sampler's shift by default
+    shifts.clear()
+    (folder,) = train(family, tmp_path, steps=2, train_shift=1.0, **SMALL)
+    assert shifts == [1.0, 1.0]
+    assert json.loads((folder / "training.json").read_text())["config"]["train_shift"] == 1.0
+    with pytest.raises(ValidationError):
+        TrainConfig(family=family, train_shift=-1.0)
+
+
+def test_flow_noise_levels_follow_the_shift():
+    from eimsdk_toy.train import diffusion_loss
+
+    levels = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, hidden_states, timestep, **kwargs):
+            from types import SimpleNamespace
+
+            levels.append(timestep / 1000)
+            return SimpleNamespace(sample=torch.zeros_like(hidden_states))
+
+    z0 = torch.zeros(4096, 1, 2, 2)
+    cond = {"prompt_embeds": torch.zeros(4096, 1, 1), "pooled": torch.zeros(4096, 1)}
+    means = []
+    for shift in (1.0, 3.0):
+        diffusion_loss("sd3", Recorder(), z0, cond, torch.Generator().manual_seed(0), None, shift)
+        s = levels.pop()
+        means.append((s.mean().item(), (s < 0.3).float().mean().item()))
+    assert abs(means[0][0] - 0.5) < 0.02  # unshifted logit-normal: centred on s = 0.5
+    assert means[1][0] > means[0][0] + 0.15  # shift 3: noisier
+    assert means[0][1] > 3 * means[1][1]  # and far fewer nearly clean levels (s < 0.3)
+
+
+def test_resume_refuses_another_train_shift_and_reads_checkpoints_written_before_it(out_root, tmp_path):
+    from eimsdk_toy.train import checkpoint_path
+
+    (tmp_path / "vae").symlink_to(out_root / "vae")
+    options = dict(steps=4, **SMALL)
+    train("sd3", tmp_path, pause_step=2, train_shift=1.0, **options)
+    with pytest.raises(InputError, match="train_shift"):
+        train("sd3", tmp_path, resume=True, train_shift=2.0, **options)
+    ckpt = checkpoint_path(tmp_path, "sd3")
+    state = torch.load(ckpt, weights_only=False)
+    state["config"].pop("train_shift")  # as a checkpoint written before the option existed
+    torch.save(state, ckpt)
+    with pytest.raises(InputError, match="train_shift"):  # such a run drew the sampler's shift (0)
+        train("sd3", tmp_path, resume=True, train_shift=1.0, **options)
+    (folder,) = train("sd3", tmp_path, resume=True, **options)
+    assert json.loads((folder / "training.json").read_text())["steps"] == 4 and not ckpt.exists()

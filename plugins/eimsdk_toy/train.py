@@ -77,6 +77,9 @@ class TrainConfig(BaseModel):
                            "denoiser from this pipeline folder's transformer (or unet); same layout, world, seed and "
                            "text context required. A fresh optimiser and schedule")
     snr_gamma: float = Field(5.0, ge=0, le=100, description="min-SNR loss weighting for DDPM (PixArt); 0 = off")
+    train_shift: float = Field(0.0, ge=0, le=100, description="SD3 and Flux only: the shift of the logit-normal "
+                               "noise levels training draws (1: unshifted, centred on s = 0.5; larger: noisier); "
+                               "0 = the sampler's shift at the toy resolution")
     prediction_type: Literal["epsilon", "v_prediction"] = Field(
         "epsilon", description="PixArt and UNet only: what the denoiser predicts (saved in the scheduler config)")
     max_seconds: float = Field(0.0, ge=0, description="wall-clock budget; 0 = none. With a budget the "
@@ -443,7 +446,7 @@ def train_family(cfg: TrainConfig, out_root: Path, vae=None) -> Path:
     scaling = pipe.vae.config.scaling_factor
     ddpm = cfg.family in ("pixart", "unet")
     alphas_cumprod = pipe.scheduler.alphas_cumprod.to(device) if ddpm else None
-    shift = 1.0 if ddpm else flow_shift(cfg.family, pipe.scheduler, latent_size_of(vae))
+    shift = 1.0 if ddpm else cfg.train_shift or flow_shift(cfg.family, pipe.scheduler, latent_size_of(vae))
 
     ema = [p.detach().clone() for p in transformer.parameters()]
     opt = torch.optim.AdamW(transformer.parameters(), lr=cfg.lr, weight_decay=0.0)
@@ -505,7 +508,7 @@ def train_family(cfg: TrainConfig, out_root: Path, vae=None) -> Path:
 
 # ----------------------------------------------------------------------------------------------- checkpoints
 RESUME_KEYS = ("family", "world", "steps", "batch_size", "lr", "warmup", "ema", "caption_dropout", "pool",
-               "snr_gamma", "prediction_type", "max_seconds", "seed")
+               "snr_gamma", "prediction_type", "max_seconds", "seed", "train_shift")
 
 
 def checkpoint_path(out_root: Path, family: str) -> Path:
@@ -535,7 +538,8 @@ def _load_checkpoint(path: Path, cfg: TrainConfig, vae, transformer, ema, opt, g
     """Restore a paused run in place; refuse one that was started with other settings or another VAE."""
     state = torch.load(path, map_location=cfg.device, weights_only=True)
     ours = {k: getattr(cfg, k) for k in RESUME_KEYS}
-    diff = {k: (state["config"].get(k), v) for k, v in ours.items() if state["config"].get(k) != v}
+    saved = {k: state["config"].get(k, TrainConfig.model_fields[k].default) for k in ours}  # keys added later
+    diff = {k: (saved[k], v) for k, v in ours.items() if saved[k] != v}
     if diff:
         raise InputError(f"--resume: the checkpoint {path} was trained with other settings "
                          f"({', '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in diff.items())}); "
@@ -615,6 +619,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--init-from", default="", help="continue from trained weights with a fresh optimiser and "
                    "schedule: the VAE saved in this folder, or a denoiser family's pipeline folder (OUT/<family>; "
                    "same world, seed, prediction type, text context and VAE required)")
+    p.add_argument("--train-shift", type=float, default=0.0, help="SD3 and Flux: shift of the noise levels "
+                   "training draws (1: unshifted logit-normal, more nearly clean levels than the sampler's; "
+                   "0: the sampler's shift, SD3 3.0, Flux 1.65 at world 2)")
     p.add_argument("--edge-weight", type=float, default=0.0, help="VAE only: weight of an L1 loss on pixel "
                    "differences, which sharpens corners and thin rings (0: off)")
     p.add_argument("--max-minutes", type=float, default=0.0, help="wall-clock budget per family (0: none); the "
@@ -630,7 +637,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = dict(world=args.world, steps=args.steps, batch_size=args.batch_size, pool=args.pool, seed=args.seed,
                      device=args.device, prediction_type=args.prediction_type, max_seconds=60.0 * args.max_minutes,
                      vae_factor=args.vae_factor, latent_channels=args.latent_channels, init_from=args.init_from,
-                     edge_weight=args.edge_weight,
+                     edge_weight=args.edge_weight, train_shift=args.train_shift,
                      pause_seconds=60.0 * args.pause_minutes, pause_step=args.pause_at_step, resume=args.resume)
     if args.lr is not None:
         overrides["lr"] = args.lr
