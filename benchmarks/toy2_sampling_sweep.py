@@ -23,7 +23,7 @@ import time
 def main() -> None:
     from eimsdk.bench.stats import format_p, paired_test, wilson_interval
     from eimsdk_toy.evaluate import (eval_specs, load_pipeline, parse_scheduler_options, sample_readings, score,
-                                     unnamed_statistics, with_scheduler)
+                                     training_readings, unnamed_statistics, with_scheduler)
     from eimsdk_toy.worlds import get_world
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -37,7 +37,7 @@ def main() -> None:
     toy = get_world(2)
     pipe, family = load_pipeline(args.model)
     specs = eval_specs(args.n, args.seed, 2)
-    training = toy.reader().read([toy.render(s) for s in eval_specs(args.n, 1, 2)])
+    training = training_readings(args.n, 2)
     first: dict[int, bool] | None = None
     for setting in args.settings:
         fields = setting.split(",")

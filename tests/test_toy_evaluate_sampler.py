@@ -9,8 +9,8 @@ import torch
 import diffusers
 from eimsdk.errors import InputError
 from eimsdk_toy import default_model_path
-from eimsdk_toy.evaluate import evaluate_sampling, load_pipeline, main, parse_scheduler_options, sample_images
-from eimsdk_toy.evaluate import with_scheduler
+from eimsdk_toy.evaluate import (evaluate_sampling, load_pipeline, main, parse_scheduler_options, sample_images,
+                                 with_scheduler)
 
 
 def test_scheduler_options_parse_booleans_numbers_and_names():

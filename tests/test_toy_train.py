@@ -304,14 +304,14 @@ def test_train_shift_sets_the_noise_levels_flow_training_draws(out_root, tmp_pat
 
 
 def test_flow_noise_levels_follow_the_shift():
+    from types import SimpleNamespace
+
     from eimsdk_toy.train import diffusion_loss
 
     levels = []
 
     class Recorder(torch.nn.Module):
         def forward(self, hidden_states, timestep, **kwargs):
-            from types import SimpleNamespace
-
             levels.append(timestep / 1000)
             return SimpleNamespace(sample=torch.zeros_like(hidden_states))
 

@@ -83,6 +83,13 @@ def unnamed_statistics(sampled: Sequence[dict[str, str]], training: Sequence[dic
     return out
 
 
+def training_readings(n: int, world: int) -> list[dict[str, str]]:
+    """The reader's readings of ``n`` scenes drawn like the training pool's (train.py draws them from seed + 1 = 1):
+    the reference every unnamed-content statistic compares samples with."""
+    toy = get_world(world)
+    return toy.reader().read([toy.render(s) for s in eval_specs(n, 1, world)])
+
+
 def render_pixels(specs: Sequence[Any], world: int = 1) -> torch.Tensor:
     """The scenes of ``specs`` as a (B, 3, H, W) float tensor in [-1, 1]."""
     arr = np.stack([np.asarray(get_world(world).render(s), dtype=np.float32) for s in specs])  # (B, H, W, 3)
@@ -187,9 +194,8 @@ def evaluate_sampling(pipe, family: str, n: int, *, steps: int = 20, guidance: f
                                device=device, world=world)
     report = {**score(specs, readings, toy.named), "steps": steps, "guidance": guidance, "seed": seed,
               "scheduler": {"class": type(pipe.scheduler).__name__, **(scheduler or {})}}
-    if toy.unnamed:  # the training pool's own scenes (train.py draws them from seed + 1), read the same way
-        training = toy.reader().read([toy.render(s) for s in eval_specs(n, 1, world)])
-        report["unnamed"] = unnamed_statistics(readings, training, toy.unnamed)
+    if toy.unnamed:
+        report["unnamed"] = unnamed_statistics(readings, training_readings(n, world), toy.unnamed)
     return report
 
 
